@@ -1,0 +1,268 @@
+"""Decoders: file bytes -> :class:`~raysegment.plugin.Sample`, chosen by modality and extension.
+
+One registry serves every modality, so raster, volume and audio decoders plug in
+later with :func:`register_decoder` instead of new dispatch code. The built-in
+image decoders (PNG/JPEG through Pillow, TIFF through tifffile) return
+channels-last (H, W, C) arrays with the source dtype kept.
+
+Inputs come from untrusted storage, so sizes are checked from the header before
+any pixel data is decoded, and corrupt or truncated files fail with a
+:class:`DecodeError` instead of yielding partial pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import posixpath
+import threading
+from collections.abc import Callable, Iterable
+from urllib.parse import urlsplit
+
+import numpy as np
+import tifffile
+from PIL import Image, JpegImagePlugin, PngImagePlugin
+
+from raysegment.plugin import Modality, Sample
+
+__all__ = [
+    "Decoder",
+    "DecodeLimits",
+    "DecodeError",
+    "UnsupportedFormatError",
+    "register_decoder",
+    "decoder_for",
+    "decode",
+    "supported_extensions",
+    "check_pixel_limit",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeLimits:
+    """Resource limits applied before decoding, against decompression bombs."""
+
+    max_pixels: int = 20_000 * 20_000
+
+
+Decoder = Callable[[bytes, str, DecodeLimits], Sample]
+
+
+class DecodeError(ValueError):
+    """An input file could not be decoded; the pipeline records it as an error row."""
+
+
+class UnsupportedFormatError(DecodeError):
+    """No decoder is registered for this file type and modality."""
+
+
+# -- registry ---------------------------------------------------------------------------
+_REGISTRY: dict[Modality, dict[str, Decoder]] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def _normalize_extension(ext: str) -> str:
+    out = ext.strip().lower()
+    if not out.startswith("."):
+        out = "." + out
+    if out == "." or "/" in out:
+        raise ValueError(f"invalid file extension {ext!r}")
+    return out
+
+
+def register_decoder(modality: Modality, extensions: Iterable[str], decoder: Decoder) -> None:
+    """Register ``decoder`` for file extensions of a modality; a clash is an error, not an override."""
+    modality = Modality(modality)
+    exts = [_normalize_extension(e) for e in extensions]
+    if not exts:
+        raise ValueError("register_decoder needs at least one extension")
+    with _REGISTRY_LOCK:
+        table = _REGISTRY.setdefault(modality, {})
+        taken = sorted({e for e in exts if e in table} | {e for e in exts if exts.count(e) > 1})
+        if taken:
+            owners = ", ".join(f"{e} ({getattr(table.get(e), '__qualname__', 'this call')})" for e in taken)
+            raise ValueError(f"{modality.value} decoder already registered for {owners}")
+        for ext in exts:
+            table[ext] = decoder
+
+
+def supported_extensions(modality: Modality) -> list[str]:
+    """Extensions (with dot, sorted) that have a decoder for ``modality``."""
+    return sorted(_REGISTRY.get(Modality(modality), {}))
+
+
+def _extension(uri: str) -> str:
+    path = urlsplit(uri).path if "://" in uri else uri
+    return posixpath.splitext(path.rsplit("/", 1)[-1])[1].lower()
+
+
+def decoder_for(modality: Modality, uri: str) -> Decoder:
+    """The decoder for ``uri``'s extension (query string ignored) under ``modality``."""
+    modality = Modality(modality)
+    ext = _extension(uri)
+    table = _REGISTRY.get(modality, {})
+    if ext in table:
+        return table[ext]
+    supported = ", ".join(sorted(table)) or "none registered"
+    kind = f"'{ext}'" if ext else "(no extension)"
+    raise UnsupportedFormatError(f"unsupported file type {kind} for {modality.value} input; supported: {supported}")
+
+
+def decode(uri: str, data: bytes, modality: Modality, limits: DecodeLimits = DecodeLimits()) -> Sample:
+    """Decode one file's bytes with the decoder registered for its type."""
+    decoder = decoder_for(modality, uri)
+    if not data:
+        raise DecodeError("empty file (0 bytes)")
+    return decoder(data, uri, limits)
+
+
+def check_pixel_limit(width: int, height: int, limits: DecodeLimits) -> None:
+    """Refuse an image whose header claims more pixels than allowed (call before decoding)."""
+    if width * height > limits.max_pixels:
+        raise DecodeError(
+            f"image claims {width}x{height} pixels, over the limit of {limits.max_pixels:,} "
+            "(possible decompression bomb)"
+        )
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _native(array: np.ndarray) -> np.ndarray:
+    return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
+
+
+def _sample(array: np.ndarray, uri: str, fmt: str, **extra: object) -> Sample:
+    height, width, bands = array.shape
+    meta = {"height": height, "width": width, "bands": bands, "dtype": str(array.dtype), "format": fmt}
+    meta.update(extra)
+    return Sample(data=array, uri=uri, meta=meta)
+
+
+# -- PNG / JPEG (Pillow) ----------------------------------------------------------------
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+# Modes Pillow can hand to NumPy as-is; others are converted first.
+_CONVERT = {"P": "RGB", "PA": "RGBA", "1": "L", "La": "LA", "RGBa": "RGBA", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB"}
+
+
+def _decode_pillow(data: bytes, uri: str, limits: DecodeLimits) -> Sample:
+    """PNG or JPEG, told apart by signature (extensions lie), via Pillow's format plugins.
+
+    The plugin classes are used directly instead of ``Image.open`` so that Pillow's
+    own MAX_IMAGE_PIXELS check (a process-wide setting) never fires before ours.
+    """
+    if not data:
+        raise DecodeError("empty file (0 bytes)")
+    if data.startswith(_PNG_MAGIC):
+        fmt, plugin = "PNG", PngImagePlugin.PngImageFile
+    elif data.startswith(_JPEG_MAGIC):
+        fmt, plugin = "JPEG", JpegImagePlugin.JpegImageFile
+    else:
+        raise DecodeError(f"not a valid PNG/JPEG image: unrecognized file signature {data[:8]!r}")
+    try:
+        image: Image.Image = plugin(io.BytesIO(data))
+    except Exception as exc:
+        raise DecodeError(f"not a valid PNG/JPEG image: {fmt} header unreadable ({_reason(exc)})") from exc
+    with image:
+        width, height = image.size
+        check_pixel_limit(width, height, limits)
+        mode = image.mode
+        try:
+            image.load()  # LOAD_TRUNCATED_IMAGES stays False: truncation raises here
+            target = _CONVERT.get(mode)
+            array = np.array(image.convert(target) if target else image)
+        except Exception as exc:
+            raise DecodeError(f"corrupt or truncated {fmt} file: {_reason(exc)}") from exc
+    if mode == "I" and fmt == "PNG":  # 16-bit grayscale from Pillows that say "I", not "I;16"
+        array = array.astype(np.uint16)
+    array = _native(array)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return _sample(array, uri, fmt, mode=mode)
+
+
+# -- TIFF (tifffile) --------------------------------------------------------------------
+_BAND_AXES = set("SCIQ")  # samples, channels, and generic page axes all become bands
+_CORRUPTION_HINTS = ("invalid page offset", "invalid value offset", "failed to reshape", "missing data", "corrupt", "truncat")
+
+
+class _ThreadRecords(logging.Handler):
+    """Collects tifffile's log warnings from this thread: it logs, not raises, on broken files."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.thread = threading.get_ident()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.messages.append(record.getMessage())
+
+    def raise_if_corrupt(self) -> None:
+        for message in self.messages:
+            if any(hint in message.lower() for hint in _CORRUPTION_HINTS):
+                raise DecodeError(f"corrupt or truncated TIFF file: {message}")
+
+
+def _check_extents(pages: Iterable[object], size: int) -> None:
+    """Every strip/tile must lie inside the file, or the file was cut short."""
+    for page in pages:
+        offsets = tuple(getattr(page, "dataoffsets", ()) or ())
+        counts = tuple(getattr(page, "databytecounts", ()) or ())
+        if len(offsets) != len(counts):
+            raise DecodeError("corrupt TIFF file: strip/tile offsets and byte counts disagree")
+        end = max((o + c for o, c in zip(offsets, counts)), default=0)
+        if end > size:
+            raise DecodeError(f"truncated TIFF file: pixel data ends at byte {end:,} but the file has {size:,} bytes")
+
+
+def _decode_tiff(data: bytes, uri: str, limits: DecodeLimits) -> Sample:
+    """TIFF with any band count, contiguous or planar, as (H, W, bands)."""
+    if not data:
+        raise DecodeError("empty file (0 bytes)")
+    logger = logging.getLogger("tifffile")
+    records = _ThreadRecords()
+    logger.addHandler(records)
+    try:
+        try:
+            tiff = tifffile.TiffFile(io.BytesIO(data))
+        except Exception as exc:
+            raise DecodeError(f"not a valid TIFF image: {_reason(exc)}") from exc
+        with tiff:
+            try:
+                series = tiff.series[0] if tiff.series else None
+            except Exception as exc:
+                raise DecodeError(f"corrupt TIFF file: {_reason(exc)}") from exc
+            if series is None:
+                raise DecodeError("TIFF file holds no image")
+            axes, shape = series.axes, tuple(series.shape)
+            if "Y" not in axes or "X" not in axes:
+                raise DecodeError(f"TIFF image has axes {axes}, without Y and X")
+            height, width = shape[axes.index("Y")], shape[axes.index("X")]
+            check_pixel_limit(width, height, limits)
+            extra = [a for a, n in zip(axes, shape) if a not in "YX" and n > 1 and a not in _BAND_AXES]
+            if extra:
+                raise DecodeError(
+                    f"TIFF holds a stack with axes {axes} {shape}; image input takes one 2D image with bands"
+                )
+            records.raise_if_corrupt()
+            _check_extents(series.pages, len(data))
+            try:
+                array = np.asarray(series.asarray())
+            except Exception as exc:
+                raise DecodeError(f"corrupt or truncated TIFF file: {_reason(exc)}") from exc
+            records.raise_if_corrupt()
+    finally:
+        logger.removeHandler(records)
+    if array.shape != shape:
+        raise DecodeError(f"corrupt TIFF file: decoded shape {array.shape} differs from header {shape}")
+    array = np.moveaxis(array, [axes.index("Y"), axes.index("X")], [0, 1]).reshape(height, width, -1)
+    return _sample(np.ascontiguousarray(_native(array)), uri, "TIFF", axes=axes)
+
+
+register_decoder(Modality.IMAGE, (".png", ".jpg", ".jpeg"), _decode_pillow)
+register_decoder(Modality.IMAGE, (".tif", ".tiff"), _decode_tiff)

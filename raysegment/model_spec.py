@@ -1,0 +1,110 @@
+"""Resolving a model choice (name, parameters, checkpoint) once, on the driver.
+
+The resolved :class:`ModelSpec` is small and picklable; Ray stages rebuild
+the plugin from it, so every worker sees exactly what the driver validated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from raysegment.checkpoint import CheckpointError, load_checkpoint
+from raysegment.plugin import SegmentationModel
+from raysegment.registry import get_registry
+
+__all__ = ["ModelSpec", "resolve_model", "parse_params"]
+
+log = logging.getLogger("raysegment")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    version: str
+    params: Mapping[str, Any]
+    class_names: tuple[str, ...]
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+
+    def plugin(self) -> SegmentationModel:
+        return _plugin(self.name, json.dumps(dict(self.params), sort_keys=True))
+
+    def info(self) -> dict[str, Any]:
+        """The ``model`` struct of every output row."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "params": json.dumps(dict(self.params), sort_keys=True),
+        }
+
+
+@functools.lru_cache(maxsize=8)
+def _plugin(name: str, params_json: str) -> SegmentationModel:
+    return get_registry().create(name, json.loads(params_json))
+
+
+def parse_params(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """``["k=v", ...]`` -> dict; values stay strings until the plugin coerces them."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--param expects key=value, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def resolve_model(
+    name: str | None,
+    params: Mapping[str, Any] | None = None,
+    checkpoint: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> ModelSpec:
+    """Validate the model choice before any Ray work starts.
+
+    Checkpoint parameters are the base; explicit ``params`` override them.
+    Without a checkpoint the model gets random weights, which is only a smoke test.
+    """
+    ckpt = load_checkpoint(checkpoint, storage_options) if checkpoint else None
+    if name is None:
+        if ckpt is None or not ckpt.plugin:
+            raise ValueError("--model is required (the checkpoint does not name its plugin)")
+        name = ckpt.plugin
+    info = get_registry().get(name)
+    if ckpt is not None and ckpt.plugin and ckpt.plugin != name:
+        raise CheckpointError(f"checkpoint {checkpoint} was made by plugin {ckpt.plugin!r}, not {name!r}")
+    merged = dict(ckpt.params) if ckpt else {}
+    merged.update(params or {})
+    resolved = info.cls.resolve_params(merged)
+    plugin = info.cls(**resolved)
+    names = tuple(ckpt.class_names) if ckpt and ckpt.class_names else plugin.class_names()
+    if len(names) != plugin.num_classes:
+        raise CheckpointError(f"checkpoint has {len(names)} class names but num_classes={plugin.num_classes}")
+    if ckpt is None:
+        log.warning("no --checkpoint: model %r runs with random weights (smoke test only)", name)
+    else:
+        _check_weights(plugin, ckpt.state_dict, checkpoint or "")
+    return ModelSpec(
+        name=name,
+        version=info.version,
+        params=resolved,
+        class_names=names,
+        checkpoint=checkpoint,
+        checkpoint_sha256=ckpt.sha256 if ckpt else None,
+    )
+
+
+def _check_weights(plugin: SegmentationModel, state_dict: Mapping[str, Any], url: str) -> None:
+    from raysegment.checkpoint import load_weights
+
+    module = plugin.build()
+    try:
+        load_weights(module, state_dict)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{url}: {exc}") from None
