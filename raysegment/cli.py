@@ -1,0 +1,200 @@
+"""The ``raysegment`` command: a thin click layer over the Python API.
+
+Exit codes (documented in the README):
+  0  every item succeeded
+  1  fatal error (one line on stderr, no traceback; RAYSEGMENT_DEBUG=1 shows it)
+  2  bad command line (click's usage error)
+  3  the run completed but some items are error rows
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Any, NoReturn
+
+import click
+
+EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_ITEMS_FAILED = 0, 1, 2, 3
+
+log = logging.getLogger("raysegment")
+
+
+def _fail(exc: BaseException) -> NoReturn:
+    if os.environ.get("RAYSEGMENT_DEBUG"):
+        raise exc
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    click.echo(f"error: {text}", err=True)
+    sys.exit(EXIT_FATAL)
+
+
+class _Group(click.Group):
+    """Turns any uncaught exception from a command into a one-line error."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted; rerun with --resume to finish", err=True)
+            sys.exit(130)
+        except Exception as exc:
+            _fail(exc)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
+def main(verbose: bool) -> None:
+    """raysegment: batch segmentation on Ray, masks to Parquet as COCO RLE."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    log.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+# -- models ------------------------------------------------------------------------------
+@main.group(cls=_Group)
+def models() -> None:
+    """List, describe and check installed model plugins."""
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def models_list(as_json: bool) -> None:
+    """Installed models, and plugins that failed to load with the reason."""
+    from raysegment.registry import get_registry
+
+    reg = get_registry()
+    rows = [
+        {"name": i.name, "distribution": i.distribution, "version": i.version, "task": i.cls.task.value,
+         "modality": i.cls.modality.value, "summary": i.cls.summary, "status": "ok", "error": None}
+        for i in reg.plugins.values()
+    ] + [
+        {"name": b.name, "distribution": b.distribution, "version": None, "task": None, "modality": None,
+         "summary": None, "status": "broken", "error": b.error}
+        for b in reg.broken.values()
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no model plugins installed (entry-point group 'raysegment.models')")
+        return
+    for r in rows:
+        if r["status"] == "ok":
+            click.echo(f"{r['name']:<16} {r['distribution']} {r['version']}  [{r['task']}, {r['modality']}]  {r['summary']}")
+        else:
+            click.echo(f"{r['name']:<16} {r['distribution']}  BROKEN: {r['error']}")
+
+
+@models.command("show")
+@click.argument("name")
+def models_show(name: str) -> None:
+    """Parameters with defaults, paper, and parameter count of the default build."""
+    from raysegment.registry import get_registry
+
+    info = get_registry().get(name)
+    cls = info.cls
+    click.echo(f"{name}  ({info.distribution} {info.version})")
+    click.echo(f"  task: {cls.task.value}   modality: {cls.modality.value}")
+    if cls.summary:
+        click.echo(f"  {cls.summary}")
+    if cls.paper:
+        click.echo(f"  paper: {cls.paper}")
+    click.echo("  parameters:")
+    for p in cls.params:
+        choices = f" one of {list(p.choices)}" if p.choices else ""
+        click.echo(f"    {p.name} ({p.type.__name__}, default {p.default!r}){choices}  {p.help}")
+    module = info.create().build()
+    count = sum(t.numel() for t in module.parameters())
+    click.echo(f"  parameter count (defaults): {count:,}")
+
+
+@models.command("check")
+@click.argument("name")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Model parameter; repeatable.")
+def models_check(name: str, params: tuple[str, ...]) -> None:
+    """Run the conformance kit (raysegment.testing) against an installed model."""
+    from raysegment.model_spec import parse_params
+    from raysegment.testing import check_model, format_results
+
+    results = check_model(name, parse_params(params))
+    click.echo(format_results(results))
+    if not all(r.ok for r in results):
+        sys.exit(EXIT_FATAL)
+
+
+# -- infer -------------------------------------------------------------------------------
+def _actors(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    from raysegment.runtime import parse_actors
+
+    try:
+        return parse_actors(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@main.command()
+@click.argument("input")
+@click.argument("output")
+@click.option("--model", "-m", default=None, help="Model name (optional when the checkpoint names it).")
+@click.option("--checkpoint", "-c", default=None, help="Checkpoint path or fsspec URL; random weights without it.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Model parameter; repeatable.")
+@click.option("--batch-size", "-b", default=8, type=click.IntRange(min=1), help="Items per forward pass.")
+@click.option("--actors", default=None, callback=_actors, metavar="N|MIN:MAX",
+              help="Predictor pool size; MIN:MAX autoscales. [default: one per GPU, else 1]")
+@click.option("--gpus-per-actor", default=None, type=click.FloatRange(min=0),
+              help="GPUs per predictor actor; 0 forces CPU. [default: 1 where GPUs exist]")
+@click.option("--threads", default=None, type=click.IntRange(min=1),
+              help="Torch threads per CPU actor. [default: CPUs / actors]")
+@click.option("--address", default=None, help="Ray cluster to join ('auto', ray://host:port). [default: embedded local Ray]")
+@click.option("--resume", is_flag=True, help="Finish a previous run: redo only shards not committed.")
+@click.option("--overwrite", is_flag=True, help="Replace a previous run in OUTPUT.")
+@click.option("--shard-size", default=256, type=click.IntRange(min=1), help="Items per output file (unit of resume).")
+@click.option("--precision", default="fp32", type=click.Choice(["fp32", "bf16", "fp16"]), help="Autocast precision.")
+@click.option("--channels-last", is_flag=True, help="Run the model in channels_last memory format.")
+@click.option("--max-pixels", default=20000 * 20000, type=click.IntRange(min=1),
+              help="Refuse images larger than this (decompression-bomb guard).")
+def infer(input: str, output: str, model: str | None, checkpoint: str | None, params: tuple[str, ...],
+          batch_size: int, actors: tuple[int, int] | None, gpus_per_actor: float | None, threads: int | None,
+          address: str | None, resume: bool, overwrite: bool, shard_size: int, precision: str,
+          channels_last: bool, max_pixels: int) -> None:
+    """Segment every item of INPUT and write one Parquet row per item to OUTPUT.
+
+    INPUT is a local path or fsspec URL: a directory/prefix (recursive), a glob,
+    or a CSV/Parquet manifest with a `uri` column. Credentials come from the
+    environment (e.g. AWS_*), never from the command line.
+    """
+    from raysegment.inference import InferenceConfig, run_inference
+    from raysegment.model_spec import parse_params
+
+    summary = run_inference(InferenceConfig(
+        input=input, output=output, model=model, checkpoint=checkpoint, params=parse_params(params),
+        batch_size=batch_size, actors=actors, gpus_per_actor=gpus_per_actor, threads=threads, address=address,
+        resume=resume, overwrite=overwrite, shard_size=shard_size, precision=precision,
+        channels_last=channels_last, max_pixels=max_pixels,
+    ))
+    click.echo(summary.format())
+    if summary.failed:
+        click.echo(f"{summary.failed} item(s) failed; see the 'error' column", err=True)
+        sys.exit(EXIT_ITEMS_FAILED)
+
+
+# -- show --------------------------------------------------------------------------------
+@main.command()
+@click.argument("output")
+@click.argument("uri")
+@click.option("--out", "out_path", default="overlay.png", help="PNG to write.")
+@click.option("--alpha", default=0.45, type=click.FloatRange(0, 1), help="Mask opacity.")
+def show(output: str, uri: str, out_path: str, alpha: float) -> None:
+    """Render the masks of one input URI from OUTPUT over its image, as a PNG."""
+    from raysegment.overlay import render_overlay
+
+    row = render_overlay(output, uri, out_path, alpha=alpha)
+    names = ", ".join(f"{s['label_name']} ({s['area']} px)" for s in row["segments"] or [])
+    click.echo(f"wrote {out_path}: {row['width']}x{row['height']}, segments: {names or 'none'}")
+
+
+if __name__ == "__main__":
+    main()
