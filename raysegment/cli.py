@@ -187,11 +187,12 @@ def infer(input: str, output: str, model: str | None, checkpoint: str | None, pa
 @click.argument("uri")
 @click.option("--out", "out_path", default="overlay.png", help="PNG to write.")
 @click.option("--alpha", default=0.45, type=click.FloatRange(0, 1), help="Mask opacity.")
-def show(output: str, uri: str, out_path: str, alpha: float) -> None:
+@click.option("--skip-label", "skip", multiple=True, type=int, help="Label left unpainted; repeatable.")
+def show(output: str, uri: str, out_path: str, alpha: float, skip: tuple[int, ...]) -> None:
     """Render the masks of one input URI from OUTPUT over its image, as a PNG."""
     from raysegment.overlay import render_overlay
 
-    row = render_overlay(output, uri, out_path, alpha=alpha)
+    row = render_overlay(output, uri, out_path, alpha=alpha, skip_labels=skip)
     names = ", ".join(f"{s['label_name']} ({s['area']} px)" for s in row["segments"] or [])
     click.echo(f"wrote {out_path}: {row['width']}x{row['height']}, segments: {names or 'none'}")
 

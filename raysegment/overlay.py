@@ -60,12 +60,13 @@ def render_overlay(
     out_path: str,
     *,
     alpha: float = 0.45,
-    skip_labels: tuple[int, ...] = (0,),
+    skip_labels: tuple[int, ...] = (),
     storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write a PNG of the source image with its masks blended in; returns the row.
 
-    Label 0 is treated as background and left unpainted unless ``skip_labels`` says otherwise.
+    Every label gets its colour from :data:`PALETTE` (label modulo its length);
+    ``skip_labels`` (e.g. a background class) are left unpainted.
     """
     from PIL import Image
 

@@ -69,9 +69,9 @@ def decode_batch(
             height[i], width[i] = h, w
             payload[i] = pack({"image": image})
             meta[i] = json.dumps(sample.meta, default=str, sort_keys=True)
-            status[i], error[i] = "ok", None
+            status[i], error[i] = "ok", ""
         except Exception as exc:
-            status[i], error[i], payload[i], meta[i] = "error", describe_error(exc), b"", None
+            status[i], error[i], payload[i], meta[i] = "error", describe_error(exc), b"", ""
     return {
         "uri": batch["uri"],
         "index": batch["index"],
@@ -184,15 +184,20 @@ def _has_gpu_assigned() -> bool:
         return bool(os.environ.get("CUDA_VISIBLE_DEVICES"))
 
 
+def _text(value: Any) -> str | None:
+    """Ray may turn an all-null object column into floats; text or None, nothing else."""
+    return value if isinstance(value, str) and value else None
+
+
 def encode_batch(batch: Batch, *, spec: ModelSpec) -> pa.Table:
     """Postprocess each prediction and encode its masks as COCO RLE rows."""
     plugin = spec.plugin()
     model = spec.info()
     rows: dict[str, list[Any]] = {name: [] for name in OUTPUT_SCHEMA.names}
     for i in range(len(batch["uri"])):
-        st, err = batch["status"][i], batch["error"][i]
+        st, err = batch["status"][i], _text(batch["error"][i])
         segments = None
-        meta_text = batch["meta"][i]
+        meta_text = _text(batch["meta"][i])
         if st == "ok":
             try:
                 meta = json.loads(meta_text) if meta_text else {}
