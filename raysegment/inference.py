@@ -30,7 +30,7 @@ __all__ = ["InferenceConfig", "RunSummary", "run_inference"]
 
 log = logging.getLogger("raysegment")
 
-PREDICTOR_MAX_RESTARTS = 3
+PREDICTOR_MEMORY = 1024 * 2**20  # bytes reserved per predictor actor
 
 
 @dataclasses.dataclass
@@ -154,10 +154,10 @@ def _build_dataset(config: InferenceConfig, plan: _Plan, actors: ActorPlan):
         num_cpus=actors.num_cpus,
         num_gpus=actors.num_gpus or None,
         udf_modifying_row_count=False,
-        # Bounded restarts: an actor that keeps dying (GPU OOM) fails the run
-        # instead of looping. Differing remote args also keep Ray Data from
-        # fusing the decode tasks into the actor, so decoding overlaps the forward.
-        max_restarts=PREDICTOR_MAX_RESTARTS,
+        # A host-memory reservation for the model, which also differs from the
+        # decode stage's requirements, so Ray Data does not fuse decoding into
+        # the actor: decode tasks then overlap the forward pass.
+        memory=PREDICTOR_MEMORY,
     )
     return ds.map_batches(
         encode_batch,

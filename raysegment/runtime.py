@@ -45,6 +45,8 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> bo
 def _quiet_ray_data() -> None:
     """Keep Ray Data's per-operator chatter out of the CLI; its progress bars stay."""
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Off a terminal Ray Data reports progress as periodic log lines; keep those.
+    logging.getLogger("ray.data._internal.progress.logging_progress").setLevel(logging.INFO)
 
 
 def cluster_resources() -> dict[str, float]:
