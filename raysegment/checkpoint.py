@@ -18,6 +18,8 @@ import fsspec
 import torch
 from torch import nn
 
+from raysegment.sources import redact
+
 __all__ = ["FORMAT", "Checkpoint", "CheckpointError", "load_checkpoint", "save_checkpoint", "load_weights"]
 
 FORMAT = "raysegment.checkpoint/1"
@@ -73,15 +75,15 @@ def load_checkpoint(url: str, storage_options: dict[str, Any] | None = None) -> 
         with fsspec.open(url, "rb", **(storage_options or {})) as f:
             data = f.read()
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint not found: {url}") from None
+        raise CheckpointError(f"checkpoint not found: {redact(url)}") from None
     except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {url}: {type(exc).__name__}: {exc}") from None
+        raise CheckpointError(f"cannot read checkpoint {redact(url)}: {type(exc).__name__}: {exc}") from None
     digest = hashlib.sha256(data).hexdigest()
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot load checkpoint {url} with weights_only=True: {first}") from None
+        raise CheckpointError(f"cannot load checkpoint {redact(url)} with weights_only=True: {first}") from None
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
         return Checkpoint(
             state_dict=dict(obj["state_dict"]),
@@ -94,7 +96,7 @@ def load_checkpoint(url: str, storage_options: dict[str, Any] | None = None) -> 
         )
     if isinstance(obj, Mapping) and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return Checkpoint(state_dict=dict(obj), sha256=digest)
-    raise CheckpointError(f"{url} is neither a raysegment checkpoint nor a state_dict")
+    raise CheckpointError(f"{redact(url)} is neither a raysegment checkpoint nor a state_dict")
 
 
 def load_weights(module: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:

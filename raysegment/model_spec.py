@@ -16,6 +16,7 @@ from typing import Any
 from raysegment.checkpoint import CheckpointError, load_checkpoint
 from raysegment.plugin import SegmentationModel
 from raysegment.registry import get_registry
+from raysegment.sources import redact
 
 __all__ = ["ModelSpec", "resolve_model", "parse_params"]
 
@@ -78,7 +79,7 @@ def resolve_model(
         name = ckpt.plugin
     info = get_registry().get(name)
     if ckpt is not None and ckpt.plugin and ckpt.plugin != name:
-        raise CheckpointError(f"checkpoint {checkpoint} was made by plugin {ckpt.plugin!r}, not {name!r}")
+        raise CheckpointError(f"checkpoint {redact(checkpoint or '')} was made by plugin {ckpt.plugin!r}, not {name!r}")
     merged = dict(ckpt.params) if ckpt else {}
     merged.update(params or {})
     resolved = info.cls.resolve_params(merged)
@@ -107,4 +108,4 @@ def _check_weights(plugin: SegmentationModel, state_dict: Mapping[str, Any], url
     try:
         load_weights(module, state_dict)
     except CheckpointError as exc:
-        raise CheckpointError(f"{url}: {exc}") from None
+        raise CheckpointError(f"{redact(url)}: {exc}") from None
