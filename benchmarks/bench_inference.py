@@ -1,14 +1,9 @@
 #!/usr/bin/env python
 """Benchmark: the raysegment pipeline vs a plain PyTorch loop vs the bare model forward.
 
-Same model, batch size and images, three ways, at two dataset sizes:
-
-* ``pipeline``: ``run_inference`` (Ray Data: decode tasks -> predictor actor -> RLE encode -> Parquet)
-* ``plain``: one process reads, decodes, batches, runs forward + reduce, postprocesses and RLE-encodes
-* ``bare``: the module's forward alone, on batches decoded before the clock starts
-
-Prints seconds, items/s, throughput ratios, the marginal (steady-state) rate
-between the sizes, and peak RSS of the driver and of Ray's worker processes.
+Same model, batch size and images three ways (``pipeline``: ``run_inference`` on Ray Data;
+``plain``: one process doing read/decode/forward/reduce/postprocess/RLE; ``bare``: the
+module's forward alone on pre-decoded batches) at two dataset sizes. See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -137,14 +132,10 @@ def write_manifest(images: Sequence[str], n: int, folder: str) -> str:
 def run_pipeline(manifest: str, n: int, args: argparse.Namespace, scratch: str) -> float:
     """One ``run_inference`` into a fresh output root; returns its pipeline seconds."""
     out = tempfile.mkdtemp(prefix="out-", dir=scratch)
-    summary = run_inference(InferenceConfig(
-        input=manifest,
-        output=out,
-        model=MODEL,
-        params={"base_channels": str(args.base_channels)},
-        batch_size=args.batch_size,
-        shard_size=args.shard_size,
-    ))
+    params = {"base_channels": str(args.base_channels)}
+    config = InferenceConfig(manifest, out, model=MODEL, params=params, batch_size=args.batch_size,
+                             shard_size=args.shard_size)
+    summary = run_inference(config)
     shutil.rmtree(out, ignore_errors=True)
     if summary.rows_written != n or summary.failed:
         raise RuntimeError(f"pipeline wrote {summary.rows_written}/{n} rows, {summary.failed} failed")
@@ -189,6 +180,7 @@ def predecode(uris: Sequence[str], plugin: SegmentationModel, batch_size: int) -
 
 
 def bare_forward(batches: Sequence[torch.Tensor], module: nn.Module) -> None:
+    """The module's forward alone: no I/O, decode, reduce or encode."""
     with torch.inference_mode():
         for x in batches:
             module(x)
@@ -212,10 +204,8 @@ def print_marginal(results: list[Result], sizes: Sequence[int]) -> None:
         return
     lo, hi = sizes[0], sizes[-1]
     by = {(r.mode, r.items): r for r in results}
-    rates = {}
-    for mode in MODES:
-        dt = by[(mode, hi)].seconds - by[(mode, lo)].seconds
-        rates[mode] = (hi - lo) / dt if dt > 0 else float("nan")
+    dts = {mode: by[(mode, hi)].seconds - by[(mode, lo)].seconds for mode in MODES}
+    rates = {mode: (hi - lo) / dt if dt > 0 else float("nan") for mode, dt in dts.items()}
     print(f"\nsteady state: marginal rate between {lo} and {hi} items")
     print(f"{'mode':<9}{'items/s':>9}{'vs plain':>10}{'vs bare':>9}")
     for mode, rate in rates.items():
@@ -239,14 +229,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _cpu_model() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     exts = tuple(supported_extensions(Modality.IMAGE))
@@ -264,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ctx.issue_detectors_config.detectors = []
     plugin = get_registry().create(MODEL, {"base_channels": str(args.base_channels)})
     module = plugin.build().eval()
-    print(f"machine: {_cpu_model()}, {cpus} CPU(s); torch {torch.__version__} "
+    print(f"machine: {platform.machine()} {platform.system()}, {cpus} CPU(s); torch {torch.__version__} "
           f"({torch.get_num_threads()} threads); ray {ray.__version__}; python {platform.python_version()}")
     print(f"model: {MODEL} base_channels={args.base_channels}; batch size {args.batch_size}; "
           f"shard size {args.shard_size}; {len(images)} distinct images from {args.image_dir}")

@@ -32,6 +32,11 @@ class ModelSpec:
     checkpoint: str | None = None
     checkpoint_sha256: str | None = None
 
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """Names by output label; a single-class sigmoid model labels 0 as background."""
+        return ("background", *self.class_names) if len(self.class_names) == 1 else self.class_names
+
     def plugin(self) -> SegmentationModel:
         return _plugin(self.name, json.dumps(dict(self.params), sort_keys=True))
 
@@ -84,7 +89,8 @@ def resolve_model(
     merged.update(params or {})
     resolved = info.cls.resolve_params(merged)
     plugin = info.cls(**resolved)
-    names = tuple(ckpt.class_names) if ckpt and ckpt.class_names else plugin.class_names()
+    explicit = "class_names" in (params or {})
+    names = tuple(ckpt.class_names) if ckpt and ckpt.class_names and not explicit else plugin.class_names()
     if len(names) != plugin.num_classes:
         raise CheckpointError(f"checkpoint has {len(names)} class names but num_classes={plugin.num_classes}")
     if ckpt is None:

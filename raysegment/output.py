@@ -2,8 +2,9 @@
 
 An output root holds ``part-NNNNNN.parquet`` (one per committed shard),
 ``_raysegment.json`` (what produced it) and, once finished, ``_SUCCESS``.
-Names starting with ``_`` are skipped by pyarrow, pandas and DuckDB dataset
-readers, so ``pd.read_parquet(root)`` sees exactly the committed rows.
+Names starting with ``_`` are skipped by pyarrow and pandas dataset readers,
+so ``pd.read_parquet(root)`` sees exactly the committed rows; DuckDB does not
+skip them, so read ``root/part-*.parquet`` there.
 """
 
 from __future__ import annotations
@@ -141,13 +142,13 @@ class OutputRoot:
             raise OutputError(f"cannot write output {self.shown}: {reason}") from None
 
     def finish(self, summary: dict[str, Any]) -> None:
-        """Mark the run complete; staging is empty by now."""
+        """Mark the run complete, then drop the (by now empty) staging area."""
+        self._write_json(SUCCESS, summary)
         try:
             if self.fs.exists(self.join(STAGING)) and not self.fs.find(self.join(STAGING)):
                 self.fs.rm(self.join(STAGING), recursive=True)
         except FileNotFoundError:
             pass
-        self._write_json(SUCCESS, summary)
 
     def status_counts(self) -> tuple[int, int, int]:
         """(rows, ok rows, distinct indices) over every committed part file."""

@@ -281,16 +281,18 @@ class SegmentationModel:
     def encode_target(self, mask: np.ndarray) -> np.ndarray:
         """A decoded label mask (H, W) -> class-index target (H, W) int64.
 
-        Values outside ``[0, num_classes)`` other than ``ignore_index`` are an error.
+        Values outside ``[0, num_classes)`` other than ``ignore_index`` are an
+        error; a single-class (sigmoid) model takes 0 = background, 1 = foreground.
         """
         target = np.asarray(mask)
         if target.ndim == 3:
             target = target[..., 0]
         target = target.astype(np.int64)
-        bad = (target < 0) | ((target >= self.num_classes) & (target != self.ignore_index))
+        top = max(self.num_classes, 2)
+        bad = (target < 0) | ((target >= top) & (target != self.ignore_index))
         if bad.any():
             values = sorted(set(np.unique(target[bad]).tolist()))[:10]
-            raise InputError(f"mask holds label values {values} outside 0..{self.num_classes - 1}")
+            raise InputError(f"mask holds label values {values} outside 0..{top - 1}")
         return target
 
     def loss(self, output: Any, target: torch.Tensor) -> torch.Tensor:

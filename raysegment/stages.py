@@ -28,7 +28,7 @@ from raysegment.plugin import InputError, Sample
 from raysegment.schema import OUTPUT_SCHEMA
 from raysegment.sources import read_bytes, redact
 
-__all__ = ["PredictOptions", "decode_batch", "Predictor", "encode_batch", "describe_error"]
+__all__ = ["PredictOptions", "decode_batch", "Predictor", "encode_batch", "describe_error", "pad_to_multiple"]
 
 log = logging.getLogger("raysegment")
 
@@ -94,7 +94,8 @@ class PredictOptions:
     threads: int | None = None  # torch intra-op threads on CPU; None = leave as is
 
 
-def _pad_to(image: np.ndarray, divisor: int) -> np.ndarray:
+def pad_to_multiple(image: np.ndarray, divisor: int) -> np.ndarray:
+    """Pad the trailing two axes up to a multiple of ``divisor`` (reflect); postprocess crops back."""
     if divisor <= 1:
         return image
     pads = [(0, 0)] * (image.ndim - 2)
@@ -157,7 +158,7 @@ class Predictor:
         images: dict[int, np.ndarray] = {}
         for i in np.flatnonzero(status == "ok"):
             try:
-                images[i] = _pad_to(unpack(payload[i])["image"], self.divisor)
+                images[i] = pad_to_multiple(unpack(payload[i])["image"], self.divisor)
                 groups.setdefault(images[i].shape, []).append(i)
             except Exception as exc:
                 status[i], error[i], payload[i] = "error", describe_error(exc), b""
@@ -184,6 +185,11 @@ def _has_gpu_assigned() -> bool:
         return bool(os.environ.get("CUDA_VISIBLE_DEVICES"))
 
 
+def _size_of(pred: Any) -> tuple[int, int]:
+    array = pred.labels if hasattr(pred, "confidence") else pred.masks
+    return tuple(int(v) for v in np.asarray(array).shape[-2:])  # type: ignore[return-value]
+
+
 def _text(value: Any) -> str | None:
     """Ray may turn an all-null object column into floats; text or None, nothing else."""
     return value if isinstance(value, str) and value else None
@@ -204,7 +210,11 @@ def encode_batch(batch: Batch, *, spec: ModelSpec) -> pa.Table:
                 meta.setdefault("height", int(batch["height"][i]))
                 meta.setdefault("width", int(batch["width"][i]))
                 pred = plugin.postprocess(unpack(batch["payload"][i]), meta)
-                segments = segments_from_prediction(pred, spec.class_names)
+                segments = segments_from_prediction(pred, spec.label_names)
+                if segments and _size_of(pred) != (int(batch["height"][i]), int(batch["width"][i])):
+                    raise ValueError(
+                        f"postprocess returned masks of {_size_of(pred)}, expected {(int(batch['height'][i]), int(batch['width'][i]))}"
+                    )
             except Exception as exc:
                 st, err, segments = "error", "postprocess failed: " + describe_error(exc), None
         ok = st == "ok"
