@@ -134,7 +134,7 @@ def run_pipeline(manifest: str, n: int, args: argparse.Namespace, scratch: str) 
     out = tempfile.mkdtemp(prefix="out-", dir=scratch)
     params = {"base_channels": str(args.base_channels)}
     config = InferenceConfig(manifest, out, model=MODEL, params=params, batch_size=args.batch_size,
-                             shard_size=args.shard_size)
+                             shard_size=args.shard_size, threads=args.threads)
     summary = run_inference(config)
     shutil.rmtree(out, ignore_errors=True)
     if summary.rows_written != n or summary.failed:
@@ -218,6 +218,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--base-channels", type=int, default=16, help="U-Net width of the first level (default 16)")
     p.add_argument("--shard-size", type=int, default=16, help="pipeline items per shard/read block (default 16)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads of the pipeline's CPU actor (default: CPUs / actors)")
     p.add_argument("--image-dir", default=str(DEFAULT_IMAGES), help="folder of same-sized images")
     p.add_argument("--quick", action="store_true", help="smoke run: sizes 2,4, batch and shard size 2")
     args = p.parse_args(argv)
