@@ -19,8 +19,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from raysegment.decoders import DecodeLimits
+from raysegment.datasource import PROCESS_LOCAL, ShardDatasource
 from raysegment.model_spec import ModelSpec, resolve_model
-from raysegment.output import OutputRoot, RunManifest
+from raysegment.output import OutputError, OutputRoot, RunManifest
 from raysegment.runtime import ActorPlan, cluster_resources, ensure_ray, plan_actors
 from raysegment.sink import IncompleteOutputError, ShardedParquetSink
 from raysegment.sources import Shard, list_inputs, listing_digest, make_shards, redact
@@ -115,6 +116,8 @@ def _plan(config: InferenceConfig) -> _Plan:
     uris = list_inputs(config.input, config.storage_options)
     shards = make_shards(uris, config.shard_size)
     root = OutputRoot(config.output, config.storage_options)
+    if config.output.startswith(PROCESS_LOCAL):
+        raise OutputError(f"output {redact(config.output)} lives in this process only; Ray workers cannot write it")
     manifest = RunManifest(
         input=redact(config.input),
         num_items=len(uris),
@@ -132,11 +135,10 @@ def _plan(config: InferenceConfig) -> _Plan:
 def _build_dataset(config: InferenceConfig, plan: _Plan, actors: ActorPlan):
     import ray.data
 
-    from raysegment.datasource import ShardDatasource
-
     limits = DecodeLimits(max_pixels=config.max_pixels)
     options = PredictOptions(config.precision, config.channels_last, actors.threads)
-    ds = ray.data.read_datasource(ShardDatasource(plan.pending), override_num_blocks=len(plan.pending))
+    source = ShardDatasource(plan.pending, config.storage_options)
+    ds = ray.data.read_datasource(source, override_num_blocks=len(plan.pending))
     ds = ds.map_batches(
         decode_batch,
         batch_size=config.batch_size,

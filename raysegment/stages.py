@@ -61,9 +61,11 @@ def decode_batch(
     width = np.zeros(n, dtype=np.int32)
     payload = np.empty(n, dtype=object)
     meta = np.empty(n, dtype=object)
+    inline = batch["inline"] if "inline" in batch else np.zeros(n, dtype=bool)
     for i, uri in enumerate(batch["uri"]):
         try:
-            sample = decode(uri, read_bytes(uri, storage_options), plugin.modality, limits)
+            data = batch["data"][i] if inline[i] else read_bytes(uri, storage_options)
+            sample = decode(uri, data, plugin.modality, limits)
             image = plugin.preprocess(sample)
             h, w = int(sample.meta.get("height", image.shape[-2])), int(sample.meta.get("width", image.shape[-1]))
             height[i], width[i] = h, w

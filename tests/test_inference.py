@@ -169,3 +169,20 @@ def test_random_weights_without_checkpoint(em_subset: Path, tmp_path: Path) -> N
     row = read_output(str(tmp_path / "o")).to_pylist()[0]
     assert summary.ok == 1 and row["model"]["checkpoint_sha256"] is None
     assert {s["label"] for s in row["segments"]} <= {0, 1, 2}
+
+
+def test_memory_filesystem_input(em_subset: Path, unet_checkpoint: str, tmp_path: Path) -> None:
+    """memory:// lives in the driver only; its bytes travel with the items to the workers."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    names = sorted(em_subset.iterdir())[:2]
+    for path in names:
+        fs.pipe(f"/mem-input/{path.name}", path.read_bytes())
+    fs.pipe("/mem-input/empty.png", b"")
+    summary = run_inference(_config("memory://mem-input", tmp_path / "out", unet_checkpoint))
+    df = pd.read_parquet(tmp_path / "out").set_index("uri")
+    assert (summary.ok, summary.failed) == (2, 1)
+    assert df.loc["memory://mem-input/empty.png", "error"] == "empty file (0 bytes)"
+    with pytest.raises(OutputError, match="Ray workers cannot write"):
+        run_inference(_config("memory://mem-input", "memory://mem-out", unet_checkpoint))
