@@ -181,6 +181,66 @@ def infer(input: str, output: str, model: str | None, checkpoint: str | None, pa
         sys.exit(EXIT_ITEMS_FAILED)
 
 
+# -- train -------------------------------------------------------------------------------
+def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
+    if not value:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expects comma-separated numbers, got {value!r}") from None
+
+
+@main.command()
+@click.argument("data")
+@click.option("--masks", default=None, help="Mask folder/prefix matched to DATA's images by stem. [default: DATA is a manifest with image_uri, mask_uri]")
+@click.option("--pair", default="{stem}", help="Mask stem for an image stem, e.g. '{stem}_mask'.")
+@click.option("--val-images", default=None, help="Separate validation images (with --val-masks). [default: split DATA]")
+@click.option("--val-masks", default=None, help="Masks of --val-images.")
+@click.option("--val-fraction", default=0.2, type=click.FloatRange(0, 1, max_open=True), help="Validation share of DATA when no --val-images.")
+@click.option("--model", "-m", default=None, help="Model name (optional with --checkpoint).")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Model parameter; repeatable.")
+@click.option("--checkpoint", "-c", default=None, help="Initial weights (path or fsspec URL).")
+@click.option("--epochs", default=10, type=click.IntRange(min=1), help="Training epochs.")
+@click.option("--batch-size", "-b", default=4, type=click.IntRange(min=1), help="Images per worker step.")
+@click.option("--workers", default=2, type=click.IntRange(min=1), help="Ray Train workers (one per GPU with --use-gpu).")
+@click.option("--use-gpu", is_flag=True, help="One GPU per worker.")
+@click.option("--lr", default=1e-3, type=click.FloatRange(min=0, min_open=True), help="Adam learning rate.")
+@click.option("--weight-decay", default=0.0, type=click.FloatRange(min=0), help="Adam weight decay.")
+@click.option("--loss", default="ce", help="Loss terms: ce, bce, dice, focal, unet_weighted; combine as 'ce:1,dice:0.5'.")
+@click.option("--class-weights", default=None, callback=_floats, help="Per-class loss weights, comma-separated.")
+@click.option("--augment", default="flip,rot90", help="e.g. 'flip,rot90,crop=256,scale=0.8-1.2,gamma=0.8-1.25,brightness=0.1,elastic=10' or 'none'.")
+@click.option("--mask-values", default="", help="Raw mask value to class id, e.g. '0:1,255:0'. [default: values are class ids]")
+@click.option("--storage", default="runs", help="Where runs live: a folder or fsspec URL (s3://...).")
+@click.option("--name", default="train", help="Run name: its folder under --storage.")
+@click.option("--resume", is_flag=True, help="Continue the run NAME from its last checkpoint.")
+@click.option("--seed", default=0, type=int, help="Seed for the split, the weights and the augmentations.")
+@click.option("--bad-data", default="skip", type=click.Choice(["skip", "fail"]), help="Skip bad pairs (listed in the report) or stop.")
+@click.option("--max-failures", default=2, type=click.IntRange(min=-1), help="Worker failures Ray Train retries from the last checkpoint.")
+@click.option("--address", default=None, help="Ray cluster to join. [default: embedded local Ray]")
+def train(data: str, masks: str | None, pair: str, val_images: str | None, val_masks: str | None, val_fraction: float,
+          model: str | None, params: tuple[str, ...], checkpoint: str | None, epochs: int, batch_size: int,
+          workers: int, use_gpu: bool, lr: float, weight_decay: float, loss: str,
+          class_weights: tuple[float, ...] | None, augment: str, mask_values: str, storage: str, name: str,
+          resume: bool, seed: int, bad_data: str, max_failures: int, address: str | None) -> None:
+    """Train a model on Ray Train from (image, mask) pairs; the best checkpoint feeds `infer`.
+
+    DATA is an image folder/prefix (with --masks) or a CSV/Parquet manifest with
+    image_uri and mask_uri columns.
+    """
+    from raysegment.model_spec import parse_params
+    from raysegment.training import TrainConfig, run_training
+
+    summary = run_training(TrainConfig(
+        images=data, masks=masks, pair=pair, val_images=val_images, val_masks=val_masks, val_fraction=val_fraction,
+        model=model, params=parse_params(params), init_checkpoint=checkpoint, epochs=epochs, batch_size=batch_size,
+        workers=workers, use_gpu=use_gpu, lr=lr, weight_decay=weight_decay, loss=loss, class_weights=class_weights,
+        augment=augment, mask_values=mask_values, storage=storage, name=name, resume=resume, seed=seed,
+        bad_data=bad_data, max_failures=max_failures, address=address,
+    ))
+    click.echo(summary.format())
+
+
 # -- show --------------------------------------------------------------------------------
 @main.command()
 @click.argument("output")

@@ -149,53 +149,62 @@ def _list_glob(fs: fsspec.AbstractFileSystem, pattern: str) -> list[str]:
 
 
 # -- manifests --------------------------------------------------------------------------
-def _read_manifest(fs: fsspec.AbstractFileSystem, path: str, shown: str) -> list[str]:
-    """Read the ``uri`` column of a CSV/Parquet manifest, resolving relative entries."""
+def read_manifest(spec: str, columns: Sequence[str], storage_options: dict | None = None) -> dict[str, list[str]]:
+    """Named URI columns of a CSV/Parquet manifest (e.g. ``image_uri``, ``mask_uri``), resolved."""
+    fs, path = _filesystem(spec, storage_options)
+    shown = redact(spec)
+    if not fs.exists(path):
+        raise InputSpecError(f"input not found: {shown}")
+    return {name: _read_manifest(fs, path, shown, name) for name in columns}
+
+
+def _read_manifest(fs: fsspec.AbstractFileSystem, path: str, shown: str, column: str = "uri") -> list[str]:
+    """Read one URI column of a CSV/Parquet manifest, resolving relative entries."""
     data = fs.cat_file(path)
     if path.lower().endswith(".csv"):
-        entries, columns = _csv_column(data, shown)
+        entries, columns = _csv_column(data, shown, column)
     else:
-        entries, columns = _parquet_column(data, shown)
+        entries, columns = _parquet_column(data, shown, column)
     if entries is None:
-        raise InputSpecError(f"manifest {shown} has no 'uri' column (columns: {', '.join(columns) or 'none'})")
+        raise InputSpecError(f"manifest {shown} has no '{column}' column (columns: {', '.join(columns) or 'none'})")
     if not entries:
         raise InputSpecError(f"input is empty: manifest {shown} lists no files")
     base_dir = posixpath.dirname(path)
     out: list[str] = []
     for row, entry in enumerate(entries, start=1):
         if entry is None or not str(entry).strip():
-            raise InputSpecError(f"manifest {shown} has an empty uri in data row {row}")
+            raise InputSpecError(f"manifest {shown} has an empty {column} in data row {row}")
         out.append(_resolve_entry(fs, base_dir, str(entry).strip()))
     return out
 
 
-def _csv_column(data: bytes, shown: str) -> tuple[list[str | None] | None, list[str]]:
+def _csv_column(data: bytes, shown: str, column: str) -> tuple[list[str | None] | None, list[str]]:
     try:
         reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig")))
         columns = [c.strip() for c in (reader.fieldnames or [])]
-        if "uri" not in columns:
+        if column not in columns:
             return None, columns
-        key = (reader.fieldnames or [])[columns.index("uri")]
+        key = (reader.fieldnames or [])[columns.index(column)]
         return [row.get(key) for row in reader], columns
     except (UnicodeDecodeError, csv.Error) as exc:
         raise InputSpecError(f"manifest {shown} is not a readable CSV file: {exc}") from None
 
 
-def _parquet_column(data: bytes, shown: str) -> tuple[list[str | None] | None, list[str]]:
+def _parquet_column(data: bytes, shown: str, column: str) -> tuple[list[str | None] | None, list[str]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         parquet = pq.ParquetFile(io.BytesIO(data))
         columns = list(parquet.schema_arrow.names)
-        if "uri" not in columns:
+        if column not in columns:
             return None, columns
-        values = parquet.read(columns=["uri"]).column("uri").to_pylist()
+        values = parquet.read(columns=[column]).column(column).to_pylist()
     except (pa.ArrowException, OSError) as exc:
         raise InputSpecError(f"manifest {shown} is not a readable Parquet file: {exc}") from None
     bad = next((v for v in values if v is not None and not isinstance(v, str)), None)
     if bad is not None:
-        raise InputSpecError(f"manifest {shown} column 'uri' must hold strings, found {type(bad).__name__}")
+        raise InputSpecError(f"manifest {shown} column '{column}' must hold strings, found {type(bad).__name__}")
     return values, columns
 
 

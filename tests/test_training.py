@@ -1,0 +1,96 @@
+"""Real Ray Train (2 CPU workers) on a few real EM slices: loss falls, resume continues,
+the checkpoint runs in inference, bad pairs land in the report."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import EM_DIR, SMALL_UNET, png_bytes
+
+from raysegment.checkpoint import load_checkpoint
+from raysegment.inference import InferenceConfig, run_inference
+from raysegment.losses import UnknownLossError
+from raysegment.sources import InputSpecError
+from raysegment.training import TrainConfig, TrainingDataError, run_training
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+PARAMS = {**SMALL_UNET, "class_names": "cell,membrane"}
+
+
+@pytest.fixture(scope="module")
+def em_pairs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    if not (EM_DIR / "train").is_dir():
+        pytest.skip(f"shared data not present: {EM_DIR}")
+    root = tmp_path_factory.mktemp("pairs")
+    for sub in ("image", "label"):
+        (root / sub).mkdir()
+        for i in range(6):
+            shutil.copy(EM_DIR / "train" / sub / f"{i}.png", root / sub / f"{i}.png")
+    return root / "image", root / "label"
+
+
+def _config(images: Path, masks: Path, storage: Path, **kw) -> TrainConfig:
+    base = dict(images=str(images), masks=str(masks), model="unet", params=PARAMS, mask_values="0:1,255:0",
+                epochs=3, batch_size=2, workers=2, augment="crop=64", val_fraction=0.34, lr=0.01,
+                storage=str(storage), name="run", loss="ce")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_train_resume_and_infer_with_the_checkpoint(em_pairs: tuple[Path, Path], tmp_path: Path) -> None:
+    images, masks = em_pairs
+    first = run_training(_config(images, masks, tmp_path))
+    losses = [h["train_loss"] for h in first.history]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    run = tmp_path / "run"
+    assert {"best.pt", "metrics.jsonl", "curves.png", "data_report.parquet"} <= {p.name for p in run.iterdir()}
+    assert len(pd.read_json(run / "metrics.jsonl", lines=True)) == 3
+    ckpt = load_checkpoint(str(run / "best.pt"))
+    assert ckpt.plugin == "unet" and ckpt.class_names == ["cell", "membrane"]
+    assert ckpt.metrics["val_miou"] == pytest.approx(first.best_val_miou)
+
+    resumed = run_training(_config(images, masks, tmp_path, epochs=4, resume=True))
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3]
+    assert resumed.history[:3] == first.history  # the first three epochs were not redone
+
+    out = tmp_path / "masks"
+    summary = run_inference(InferenceConfig(input=str(images), output=str(out), checkpoint=str(run / "best.pt")))
+    assert summary.ok == 6
+    names = {s["label_name"] for segs in pd.read_parquet(out)["segments"] for s in segs}
+    assert names <= {"cell", "membrane"}
+
+
+def test_bad_pairs_go_to_the_report_or_stop_the_run(em_pairs: tuple[Path, Path], tmp_path: Path) -> None:
+    images, masks = em_pairs
+    data = tmp_path / "data"
+    shutil.copytree(images, data / "image")
+    shutil.copytree(masks, data / "label")
+    (data / "label" / "1.png").write_bytes(png_bytes(np.zeros((100, 100), np.uint8)))  # wrong size
+    (data / "label" / "2.png").write_bytes(png_bytes(np.full((512, 512), 7, np.uint8)))  # label 7 of 2 classes
+    (data / "image" / "extra.png").write_bytes(png_bytes(np.zeros((512, 512), np.uint8)))  # no mask
+    with pytest.raises(TrainingDataError, match="3 bad training pair"):
+        run_training(_config(data / "image", data / "label", tmp_path, bad_data="fail", name="strict"))
+    report = pd.read_parquet(tmp_path / "strict" / "data_report.parquet").set_index("image_uri")
+    errors = report["error"].dropna()
+    assert "mask is 100x100 but its image is 512x512" in errors[str(data / "image" / "1.png")]
+    assert "[7]" in errors[str(data / "image" / "2.png")]
+    assert "no mask named extra" in errors[str(data / "image" / "extra.png")]
+    assert (report["status"] == "ok").sum() == 4
+
+
+def test_mistakes_fail_before_ray_work(em_pairs: tuple[Path, Path], tmp_path: Path) -> None:
+    images, masks = em_pairs
+    with pytest.raises(UnknownLossError, match="valid: ce"):
+        run_training(_config(images, masks, tmp_path, loss="hinge"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputSpecError, match="empty"):
+        run_training(_config(empty, masks, tmp_path))
+    with pytest.raises(ValueError, match="cannot write to --storage"):
+        run_training(_config(images, masks, Path("/proc/nope")))
+    assert not (tmp_path / "run").exists()
