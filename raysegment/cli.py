@@ -241,6 +241,39 @@ def train(data: str, masks: str | None, pair: str, val_images: str | None, val_m
     click.echo(summary.format())
 
 
+# -- eval --------------------------------------------------------------------------------
+@main.command("eval")
+@click.argument("pred")
+@click.argument("gt")
+@click.option("--pair", default="{stem}", help="Mask stem for an image stem when GT is a mask folder, e.g. '{stem}_mask'.")
+@click.option("--mask-values", default="", show_default=False,
+              help="Raw mask value to class id, e.g. '0:1,255:0'. [default: values are class ids]")
+@click.option("--ignore-index", default=255, type=int, help="Mask value (after --mask-values) left out of the metrics.")
+@click.option("--num-classes", default=None, type=click.IntRange(min=1), help="Number of classes. [default: from the run's model]")
+@click.option("--class-names", default=None, help="Comma-separated class names. [default: from the run / the COCO file]")
+@click.option("--out", "out_path", default="eval.json", help="JSON report to write (path or fsspec URL).")
+@click.option("--address", default=None, help="Ray cluster to join. [default: embedded local Ray]")
+def eval_(pred: str, gt: str, pair: str, mask_values: str, ignore_index: int, num_classes: int | None,
+          class_names: str | None, out_path: str, address: str | None) -> None:
+    """Score the output PRED of `infer` against ground truth GT: IoU and accuracy per class.
+
+    GT is a mask folder/prefix (matched by stem through --pair), a CSV/Parquet
+    manifest with image_uri and mask_uri, or a COCO annotation .json (matched
+    by file name).
+    """
+    import fsspec
+
+    from raysegment.evaluation import evaluate
+
+    names = [n.strip() for n in class_names.split(",")] if class_names else None
+    result = evaluate(pred, gt, pair=pair, mask_values=mask_values, num_classes=num_classes, class_names=names,
+                      ignore_index=ignore_index, address=address)
+    with fsspec.open(out_path, "w") as f:
+        json.dump(result.to_dict(), f, indent=2)
+    click.echo(result.format())
+    click.echo(f"wrote {out_path}")
+
+
 # -- show --------------------------------------------------------------------------------
 @main.command()
 @click.argument("output")
