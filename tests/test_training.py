@@ -34,7 +34,7 @@ def em_pairs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root / "image", root / "label"
 
 
-def _config(images: Path, masks: Path, storage: Path, **kw) -> TrainConfig:
+def _config(images: Path, masks: Path, storage: Path | str, **kw) -> TrainConfig:
     base = dict(images=str(images), masks=str(masks), model="unet", params=PARAMS, mask_values="0:1,255:0",
                 epochs=3, batch_size=2, workers=2, augment="crop=64", val_fraction=0.34, lr=0.01,
                 storage=str(storage), name="run", loss="ce")
@@ -94,3 +94,18 @@ def test_mistakes_fail_before_ray_work(em_pairs: tuple[Path, Path], tmp_path: Pa
     with pytest.raises(ValueError, match="cannot write to --storage"):
         run_training(_config(images, masks, Path("/proc/nope")))
     assert not (tmp_path / "run").exists()
+
+
+def test_checkpoints_to_s3_and_infer_from_there(em_pairs: tuple[Path, Path], s3_bucket: str, tmp_path: Path) -> None:
+    import s3fs
+
+    images, masks = em_pairs
+    storage = f"s3://{s3_bucket}/runs"
+    summary = run_training(_config(images, masks, storage, epochs=1))
+    assert summary.best_checkpoint == f"{storage}/run/best.pt"
+    fs = s3fs.S3FileSystem()
+    names = {p.rsplit("/", 1)[-1] for p in fs.ls(f"{s3_bucket}/runs/run")}
+    assert {"best.pt", "metrics.jsonl", "curves.png", "data_report.parquet"} <= names
+    assert any(n.startswith("checkpoint_") for n in names)
+    out = tmp_path / "masks"
+    assert run_inference(InferenceConfig(input=str(images), output=str(out), checkpoint=summary.best_checkpoint)).ok == 6
