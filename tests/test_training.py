@@ -109,3 +109,33 @@ def test_checkpoints_to_s3_and_infer_from_there(em_pairs: tuple[Path, Path], s3_
     assert any(n.startswith("checkpoint_") for n in names)
     out = tmp_path / "masks"
     assert run_inference(InferenceConfig(input=str(images), output=str(out), checkpoint=summary.best_checkpoint)).ok == 6
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_retried_from_the_last_checkpoint(em_pairs: tuple[Path, Path], tmp_path: Path) -> None:
+    """SIGKILL one Ray Train worker after the first checkpoint; the run still finishes every epoch."""
+    import os
+    import signal
+    import threading
+
+    import ray  # noqa: F401  (Ray vendors psutil; importing it makes psutil importable)
+    import psutil
+
+    images, masks = em_pairs
+    result: dict[str, object] = {}
+    thread = threading.Thread(target=lambda: result.update(summary=run_training(
+        _config(images, masks, tmp_path, epochs=4, max_failures=2))))
+    thread.start()
+    killed = None
+    while thread.is_alive() and killed is None:
+        thread.join(timeout=0.5)  # poll the storage, not a fixed sleep
+        if any(p.name.startswith("checkpoint_") for p in (tmp_path / "run").glob("checkpoint_*")):
+            for proc in psutil.process_iter(["cmdline"]):
+                if any("RayTrainWorker" in part for part in (proc.info["cmdline"] or [])):
+                    os.kill(proc.pid, signal.SIGKILL)
+                    killed = proc.pid
+                    break
+    thread.join()
+    assert killed is not None, "no Ray Train worker was found to kill"
+    summary = result["summary"]
+    assert [h["epoch"] for h in summary.history] == [0, 1, 2, 3]
