@@ -193,7 +193,7 @@ def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> tu
 
 @main.command()
 @click.argument("data")
-@click.option("--masks", default=None, help="Mask folder/prefix matched to DATA's images by stem. [default: DATA is a manifest with image_uri, mask_uri]")
+@click.option("--masks", default=None, help="Mask folder/prefix matched to DATA's images by stem, or a COCO .json. [default: DATA is a manifest with image_uri, mask_uri]")
 @click.option("--pair", default="{stem}", help="Mask stem for an image stem, e.g. '{stem}_mask'.")
 @click.option("--val-images", default=None, help="Separate validation images (with --val-masks). [default: split DATA]")
 @click.option("--val-masks", default=None, help="Masks of --val-images.")
@@ -210,7 +210,8 @@ def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> tu
 @click.option("--loss", default="ce", help="Loss terms: ce, bce, dice, focal, unet_weighted; combine as 'ce:1,dice:0.5'.")
 @click.option("--class-weights", default=None, callback=_floats, help="Per-class loss weights, comma-separated.")
 @click.option("--augment", default="flip,rot90", help="e.g. 'flip,rot90,crop=256,scale=0.8-1.2,gamma=0.8-1.25,brightness=0.1,elastic=10' or 'none'.")
-@click.option("--mask-values", default="", help="Raw mask value to class id, e.g. '0:1,255:0'. [default: values are class ids]")
+@click.option("--mask-values", default="", show_default=False,
+              help="Raw mask value to class id, e.g. '0:1,255:0'. [default: values are class ids]")
 @click.option("--storage", default="runs", help="Where runs live: a folder or fsspec URL (s3://...).")
 @click.option("--name", default="train", help="Run name: its folder under --storage.")
 @click.option("--resume", is_flag=True, help="Continue the run NAME from its last checkpoint.")

@@ -29,7 +29,7 @@ from pycocotools.coco import COCO
 
 from raysegment.decoders import decode
 from raysegment.plugin import Modality
-from raysegment.sources import list_inputs, read_bytes, redact
+from raysegment.sources import InputSpecError, list_inputs, read_bytes, redact
 
 __all__ = ["CocoSemantic", "coco_ref", "parse_coco_ref", "load_mask", "image_key", "COCO_REF_PREFIX"]
 
@@ -49,7 +49,7 @@ class CocoSemantic:
         for key in ("images", "annotations", "categories"):
             if not isinstance(data.get(key), list):
                 raise ValueError(f"COCO file {self.source} has no '{key}' list; is it a COCO instances file?")
-        coco = COCO()  # built from the dict: no temporary file, no print of a load time
+        coco = COCO()  # built from the dict: no temporary file
         coco.dataset = dict(data)
         _quiet_index(coco)
         self.coco = coco
@@ -71,7 +71,10 @@ class CocoSemantic:
     @classmethod
     def load(cls, annotation_uri: str, storage_options: dict | None = None) -> CocoSemantic:
         """Read and index a COCO JSON file from any fsspec URL."""
-        raw = read_bytes(annotation_uri, storage_options)
+        try:
+            raw = read_bytes(annotation_uri, storage_options)
+        except FileNotFoundError:
+            raise InputSpecError(f"COCO file not found: {redact(annotation_uri)}") from None
         try:
             data = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -35,7 +35,7 @@ from raysegment.runtime import ensure_ray
 from raysegment.sources import InputSpecError, list_inputs, read_manifest, redact
 from raysegment.stages import describe_error
 # One stem rule and one mask-value mapping for training and evaluation.
-from raysegment.train_data import _apply_value_map, _stem, parse_value_map
+from raysegment.train_data import apply_value_map, parse_value_map, stem
 
 __all__ = ["EvalResult", "evaluate"]
 
@@ -85,7 +85,7 @@ class _GtIndex:
 
     def ref_for(self, uri: str) -> str | None:
         if self.kind == "stem":
-            return self.lookup.get(self.pair.format(stem=_stem(uri)))
+            return self.lookup.get(self.pair.format(stem=stem(uri)))
         if self.kind == "basename":
             return self.lookup.get(image_key(uri))
         return self.lookup.get(uri)
@@ -106,25 +106,33 @@ def _gt_index(gt: str, pair: str, storage_options: dict | None) -> tuple[_GtInde
         raise ValueError(f"--pair must contain {{stem}}, got {pair!r}")
     by_stem: dict[str, str] = {}
     for uri in list_inputs(gt, storage_options):
-        by_stem.setdefault(_stem(uri), uri)
+        by_stem.setdefault(stem(uri), uri)
     return _GtIndex("stem", by_stem, pair), None
 
 
+_LABEL_NAMES = "__label_names__"  # the output's own names, kept apart from the plugin's parameters
+
+
 def _model_params(pred_files: Sequence[str], fs: Any) -> dict[str, Any]:
-    """The run's resolved model parameters, from the first part file's first row."""
+    """The run's resolved model parameters (plus its label names), from the first row."""
     import pyarrow.parquet as pq
 
     with fs.open(pred_files[0], "rb") as f:
         first = next(pq.ParquetFile(f).iter_batches(batch_size=1, columns=["model"]), None)
         model = first.column(0)[0].as_py() if first is not None and first.num_rows else None
     try:
-        return json.loads((model or {}).get("params") or "{}")
+        params = json.loads((model or {}).get("params") or "{}")
     except json.JSONDecodeError:
-        return {}
+        params = {}
+    if (model or {}).get("label_names"):
+        params[_LABEL_NAMES] = list(model["label_names"])
+    return params
 
 
 def _label_names(params: Mapping[str, Any]) -> tuple[str, ...] | None:
     """Names by output label as inference wrote them (sigmoid models add background)."""
+    if params.get(_LABEL_NAMES):
+        return tuple(params[_LABEL_NAMES])
     if "num_classes" not in params:
         return None
     names = class_names_from(params.get("class_names") or "", int(params["num_classes"]))
@@ -152,7 +160,7 @@ def _evaluate_batch(batch: Any, *, index: _GtIndex, num_classes: int, value_map:
         for seg in row["segments"] or []:
             names.setdefault(int(seg["label"]), seg["label_name"])
         try:
-            target = _apply_value_map(load_mask(ref, storage_options), value_map)
+            target = apply_value_map(load_mask(ref, storage_options), value_map)
             pred = row_label_map(row, fill=0)  # uncovered pixels: background (module docstring)
             if target.shape != pred.shape:
                 counts["size_mismatch"] += 1

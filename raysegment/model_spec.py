@@ -47,6 +47,7 @@ class ModelSpec:
             "version": self.version,
             "checkpoint_sha256": self.checkpoint_sha256,
             "params": json.dumps(dict(self.params), sort_keys=True),
+            "label_names": list(self.label_names),
         }
 
 

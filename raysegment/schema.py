@@ -29,6 +29,7 @@ MODEL = pa.struct(
         pa.field("version", pa.string()),
         pa.field("checkpoint_sha256", pa.string()),  # null without --checkpoint
         pa.field("params", pa.string()),  # resolved parameters, JSON
+        pa.field("label_names", pa.list_(pa.string())),  # name of each output label, index-aligned
     ]
 )
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from raysegment.coco import CocoSemantic, coco_ref, load_mask
 from raysegment.decoders import DecodeLimits, decode
 from raysegment.model_spec import ModelSpec
 from raysegment.payload import pack
@@ -37,7 +38,8 @@ class TrainPair:
     mask: str
 
 
-def _stem(uri: str) -> str:
+def stem(uri: str) -> str:
+    """The file name without directory, query or extension: what pairing rules match on."""
     return posixpath.splitext(posixpath.basename(uri.split("?", 1)[0]))[0]
 
 
@@ -46,7 +48,9 @@ def list_pairs(
 ) -> tuple[list[TrainPair], list[tuple[str, str]]]:
     """Pairs in a stable order, plus ``(uri, reason)`` for images that found no mask.
 
-    ``masks=None`` means ``images`` is a manifest with ``image_uri``/``mask_uri``.
+    ``masks`` is a mask folder/prefix, or a COCO annotation ``.json`` (polygons or
+    RLE, rendered to semantic masks: 0 = background, categories 1..N); ``None``
+    means ``images`` is a manifest with ``image_uri``/``mask_uri``.
     """
     if masks is None:
         if not images.lower().endswith((".csv", ".parquet")):
@@ -56,14 +60,16 @@ def list_pairs(
         if not pairs:
             raise InputSpecError(f"training set is empty: {images} lists no pairs")
         return pairs, []
+    if masks.lower().endswith(".json"):
+        return _coco_pairs(images, masks, storage_options)
     if "{stem}" not in pair:
         raise ValueError(f"--pair must contain {{stem}}, got {pair!r}")
     by_stem: dict[str, str] = {}
     for uri in list_inputs(masks, storage_options):
-        by_stem.setdefault(_stem(uri), uri)
+        by_stem.setdefault(stem(uri), uri)
     pairs, unpaired = [], []
     for uri in list_inputs(images, storage_options):
-        want = pair.format(stem=_stem(uri))
+        want = pair.format(stem=stem(uri))
         if want in by_stem:
             pairs.append(TrainPair(uri, by_stem[want]))
         else:
@@ -71,6 +77,16 @@ def list_pairs(
     if not pairs:
         raise InputSpecError(f"training set is empty: no image under {images} has a mask under {masks}")
     return pairs, unpaired
+
+
+def _coco_pairs(images: str, annotations: str, storage_options: dict | None) -> tuple[list[TrainPair], list[tuple[str, str]]]:
+    """Images matched by file name to a COCO file; masks are references rendered by pycocotools."""
+    coco = CocoSemantic.load(annotations, storage_options)
+    matched, unmatched = coco.pairs(images)
+    if not matched:
+        raise InputSpecError(f"training set is empty: no image under {images} is in {annotations}")
+    pairs = [TrainPair(uri, coco_ref(annotations, image_id)) for uri, image_id in matched]
+    return pairs, [(uri, f"not in COCO file {annotations}") for uri in unmatched]
 
 
 def split_pairs(pairs: Sequence[TrainPair], val_fraction: float, seed: int) -> tuple[list[TrainPair], list[TrainPair]]:
@@ -102,7 +118,8 @@ def parse_value_map(text: str | Mapping[int, int] | None) -> dict[int, int]:
     return out
 
 
-def _apply_value_map(mask: np.ndarray, mapping: Mapping[int, int]) -> np.ndarray:
+def apply_value_map(mask: np.ndarray, mapping: Mapping[int, int]) -> np.ndarray:
+    """Raw mask values -> class ids (values not in the map are kept)."""
     out = mask.astype(np.int64)
     for raw, cls in mapping.items():
         out[mask == raw] = cls
@@ -123,12 +140,11 @@ def _load_one(pair_image: str, pair_mask: str, spec: ModelSpec, value_map: Mappi
               weights: WeightMapOptions | None, limits: DecodeLimits, storage_options: dict | None) -> dict[str, Any]:
     plugin = spec.plugin()
     sample = decode(pair_image, read_bytes(pair_image, storage_options), Modality.IMAGE, limits)
-    mask_sample = decode(pair_mask, read_bytes(pair_mask, storage_options), Modality.IMAGE, limits)
-    raw = mask_sample.data[..., 0] if mask_sample.data.ndim == 3 else mask_sample.data
+    raw = load_mask(pair_mask, storage_options)
     if raw.shape != sample.data.shape[:2]:
         raise InputError(f"mask is {raw.shape[1]}x{raw.shape[0]} but its image is "
                          f"{sample.data.shape[1]}x{sample.data.shape[0]}")
-    target = plugin.encode_target(_apply_value_map(raw, value_map))
+    target = plugin.encode_target(apply_value_map(raw, value_map))
     image = plugin.preprocess(sample)
     arrays = {"image": image, "target": target}
     if weights is not None:

@@ -90,6 +90,8 @@ def test_image_lookup_refs_and_errors(tmp_path: Path) -> None:
     dup["images"][1]["file_name"] = "other/a.jpg"
     with pytest.raises(ValueError, match="two images named 'a.jpg'"):
         CocoSemantic(dup)
+    with pytest.raises(ValueError, match="COCO file not found"):
+        CocoSemantic.load(str(tmp_path / "none.json"))
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         CocoSemantic.load(str(tmp_path / "bad.json"))
