@@ -24,7 +24,7 @@ from raysegment.decoders import DecodeError, DecodeLimits, decode
 from raysegment.masks import segments_from_prediction
 from raysegment.model_spec import ModelSpec
 from raysegment.payload import pack, unpack
-from raysegment.plugin import InputError, Sample
+from raysegment.plugin import InputError
 from raysegment.schema import OUTPUT_SCHEMA
 from raysegment.sources import read_bytes, redact
 

@@ -161,6 +161,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                 torch.save({"optimizer": optimizer.state_dict(), "epoch": epoch, "best": best,
                             "history": json.dumps(history)}, os.path.join(folder, STATE))
                 ray.train.report(_flat(metrics), checkpoint=ray.train.Checkpoint.from_directory(folder))
+            if cfg.get("run") is not None:
+                cfg["run"].write_history(history)  # progress survives a crash
         else:
             ray.train.report(_flat(metrics), checkpoint=None)
 

@@ -18,7 +18,6 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import torch
@@ -28,6 +27,7 @@ from raysegment.augment import AugmentConfig
 from raysegment.decoders import DecodeLimits
 from raysegment.losses import build_loss
 from raysegment.model_spec import ModelSpec, resolve_model
+from raysegment.run_folder import RunFolder
 from raysegment.runtime import ensure_ray
 from raysegment.sources import redact
 from raysegment.train_data import TrainPair, WeightMapOptions, list_pairs, load_pairs, parse_value_map, split_pairs
@@ -37,8 +37,6 @@ __all__ = ["TrainConfig", "TrainSummary", "TrainingDataError", "run_training"]
 log = logging.getLogger("raysegment")
 
 REPORT = "data_report.parquet"
-METRICS = "metrics.jsonl"
-CURVES = "curves.png"
 BEST = "best.pt"
 
 
@@ -95,45 +93,12 @@ class TrainSummary:
                 f"(pairs ok {self.pairs_ok}, skipped {self.pairs_bad}; report {REPORT})")
 
 
-class _Run:
-    """The run folder ``STORAGE/NAME`` on any fsspec filesystem."""
-
-    def __init__(self, storage: str, name: str, storage_options: dict[str, Any]):
-        if not name or "/" in name or name.startswith("."):
-            raise ValueError(f"--name must be a plain folder name, got {name!r}")
-        self.fs, root = fsspec.core.url_to_fs(storage, **storage_options)
-        self.root = root.rstrip("/")
-        self.path = f"{self.root}/{name}"
-        self.url = f"{storage.rstrip('/')}/{name}"
-
-    def write(self, name: str, data: bytes) -> None:
-        with self.fs.open(f"{self.path}/{name}", "wb") as f:
-            f.write(data)
-
-    def check(self, resume: bool) -> None:
-        exists = self.fs.exists(self.path) and bool(self.fs.ls(self.path))
-        if exists and not resume:
-            raise ValueError(f"run {redact(self.url)} already exists; pass --resume to continue it or pick --name")
-        try:
-            self.fs.makedirs(self.path, exist_ok=True)
-            self.write(".raysegment-probe", b"ok")
-            self.fs.rm(f"{self.path}/.raysegment-probe")
-        except (OSError, PermissionError) as exc:
-            raise ValueError(f"cannot write to --storage {redact(self.url)}: {getattr(exc, 'strerror', None) or exc}") from None
-
-    def arrow_filesystem(self) -> tuple[str, Any]:
-        """(path, pyarrow filesystem) for Ray Train, wrapping the same fsspec filesystem."""
-        from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-        return self.root, PyFileSystem(FSSpecHandler(self.fs))
-
-
 def _pair_rows(pairs: Sequence[TrainPair], start: int = 0) -> list[dict[str, Any]]:
     return [{"index": start + i, "image_uri": p.image, "mask_uri": p.mask} for i, p in enumerate(pairs)]
 
 
 def _check_data(rows: list[dict[str, Any]], spec: ModelSpec, cfg: TrainConfig, value_map: dict[int, int],
-                run: _Run, unpaired: list[tuple[str, str]]) -> tuple[set[int], np.ndarray]:
+                run: RunFolder, unpaired: list[tuple[str, str]]) -> tuple[set[int], np.ndarray]:
     """One Ray Data pass over every pair: report rows, the good indices, class pixel counts."""
     import ray.data
 
@@ -164,26 +129,14 @@ def _check_data(rows: list[dict[str, Any]], spec: ModelSpec, cfg: TrainConfig, v
     return good, counts
 
 
-def _write_curves(run: _Run, history: list[dict[str, Any]]) -> None:
-    run.write(METRICS, "".join(json.dumps(h) + "\n" for h in history).encode())
-    import matplotlib
+def _ordered_ingest() -> Any:
+    """Ray Train's default ingest, but order-preserving: with the seeded split, weights and
+    augmentations, a rerun feeds each worker the same items in the same order."""
+    from ray.train import DataConfig
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] + 1 for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax1.plot(epochs, [h["train_loss"] for h in history], marker="o")
-    ax1.set(xlabel="epoch", ylabel="training loss", title="loss")
-    for key in ("val_miou", "val_macc", "val_pixel_acc"):
-        ax2.plot(epochs, [h[key] for h in history], marker="o", label=key.replace("val_", ""))
-    ax2.set(xlabel="epoch", ylabel="validation", title="validation", ylim=(0, 1))
-    ax2.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    run.write(CURVES, buf.getvalue())
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return DataConfig(execution_options=options)
 
 
 def _worker_resources(cfg: TrainConfig, cluster: Mapping[str, float]) -> dict[str, float]:
@@ -223,7 +176,7 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
         train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.seed)
     if not val_pairs:
         raise ValueError("validation set is empty: raise --val-fraction or pass --val-images")
-    run = _Run(cfg.storage, cfg.name, cfg.storage_options)
+    run = RunFolder(cfg.storage, cfg.name, cfg.storage_options)
     run.check(cfg.resume)
     weights = cfg.weight_map or (WeightMapOptions() if loss.needs_weight_map else None)
 
@@ -259,7 +212,8 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
                                "epochs": cfg.epochs, "batch_size": cfg.batch_size, "loss": cfg.loss,
                                "class_weights": list(cfg.class_weights) if cfg.class_weights else None,
                                "augment": cfg.augment, "label_names": spec.label_names,
-                               "init_checkpoint": cfg.init_checkpoint, "storage_options": cfg.storage_options},
+                               "init_checkpoint": cfg.init_checkpoint, "storage_options": cfg.storage_options,
+                               "run": run},
             scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
                                          resources_per_worker=_worker_resources(cfg, ray.cluster_resources())),
             run_config=RunConfig(
@@ -269,6 +223,7 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
                                                    checkpoint_score_order="max"),
             ),
             datasets={"train": dataset(train_rows, True), "val": dataset(val_rows, False)},
+            dataset_config=_ordered_ingest(),
         )
         result = trainer.fit()
         scored = [(m.get("val_miou", -1.0), c) for c, m in result.best_checkpoints]
@@ -278,7 +233,7 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
                 run.write(BEST, f.read())
         with result.checkpoint.as_directory() as folder:
             history = json.loads(torch.load(f"{folder}/train_state.pt", map_location="cpu", weights_only=True)["history"])
-        _write_curves(run, history)
+        run.write_history(history)
     finally:
         if started:
             ray.shutdown()

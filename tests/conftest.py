@@ -44,7 +44,6 @@ def s3_bucket(s3_server: str) -> str:
 
 # -- shared data, models and Ray -------------------------------------------------------
 import io  # noqa: E402
-import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -105,7 +104,6 @@ def png_bytes(array: np.ndarray) -> bytes:
 def write_bad_inputs(folder: Path) -> dict[str, str]:
     """One file per kind of bad input; returns name -> a word its error message must contain."""
     folder.mkdir(parents=True, exist_ok=True)
-    good = png_bytes(np.zeros((40, 48), np.uint8))
     (folder / "zero-byte.png").write_bytes(b"")
     noisy = png_bytes(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
     (folder / "truncated.png").write_bytes(noisy[: len(noisy) // 2])
