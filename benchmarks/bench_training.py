@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -286,6 +287,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     cpus = os.cpu_count() or 1
     torch.set_num_threads(cpus)
     logging.getLogger("raysegment").setLevel(logging.ERROR)  # the "random weights" warning, every run
+    warnings.filterwarnings("ignore", message=".*exclude_resources.*")  # Ray Data's own deprecation notice, per run
     load_start = os.getloadavg()
     ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=args.ray_logs)
     logging.getLogger("ray.data").setLevel(logging.WARNING)

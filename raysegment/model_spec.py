@@ -72,6 +72,8 @@ def resolve_model(
     params: Mapping[str, Any] | None = None,
     checkpoint: str | None = None,
     storage_options: dict[str, Any] | None = None,
+    *,
+    warn_random: bool = True,
 ) -> ModelSpec:
     """Validate the model choice before any Ray work starts.
 
@@ -94,7 +96,7 @@ def resolve_model(
     names = tuple(ckpt.class_names) if ckpt and ckpt.class_names and not explicit else plugin.class_names()
     if len(names) != plugin.num_classes:
         raise CheckpointError(f"checkpoint has {len(names)} class names but num_classes={plugin.num_classes}")
-    if ckpt is None:
+    if ckpt is None and warn_random:
         log.warning("no --checkpoint: model %r runs with random weights (smoke test only)", name)
     else:
         _check_weights(plugin, ckpt.state_dict, checkpoint or "")

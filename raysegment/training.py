@@ -161,7 +161,7 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
         raise ValueError(f"--bad-data must be skip or fail, got {cfg.bad_data!r}")
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.workers < 1:
         raise ValueError("--epochs, --batch-size and --workers must be >= 1")
-    spec = resolve_model(cfg.model, cfg.params, cfg.init_checkpoint, cfg.storage_options)
+    spec = resolve_model(cfg.model, cfg.params, cfg.init_checkpoint, cfg.storage_options, warn_random=False)
     plugin = spec.plugin()
     loss = build_loss(cfg.loss, num_classes=plugin.num_classes, ignore_index=plugin.ignore_index,
                       class_weights=cfg.class_weights)
