@@ -96,10 +96,10 @@ def resolve_model(
     names = tuple(ckpt.class_names) if ckpt and ckpt.class_names and not explicit else plugin.class_names()
     if len(names) != plugin.num_classes:
         raise CheckpointError(f"checkpoint has {len(names)} class names but num_classes={plugin.num_classes}")
-    if ckpt is None and warn_random:
-        log.warning("no --checkpoint: model %r runs with random weights (smoke test only)", name)
-    else:
+    if ckpt is not None:
         _check_weights(plugin, ckpt.state_dict, checkpoint or "")
+    elif warn_random:
+        log.warning("no --checkpoint: model %r runs with random weights (smoke test only)", name)
     return ModelSpec(
         name=name,
         version=info.version,
