@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
 
 from raysegment.augment import AugmentConfig, augment, rng_for
 from raysegment.checkpoint import load_checkpoint, load_weights, save_checkpoint
@@ -30,7 +31,7 @@ STATE = "train_state.pt"
 MODEL = "model.pt"
 
 
-class Collate:
+class Collate(NumpyBatchCollateFn):
     """Numpy rows -> padded tensors, augmenting on the CPU with per-item seeds.
 
     Each item's augmentation depends only on (seed, epoch, item index), so a
@@ -82,12 +83,29 @@ def _restore(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[
     return {"epoch": int(state["epoch"]), "best": float(state["best"]), "history": json.loads(state["history"])}
 
 
+def _validation_rows(cfg: dict[str, Any], rank: int, world: int) -> Any:
+    """This rank's share of the validation pairs, every pair exactly once across ranks.
+
+    Built here rather than split by Ray Train, whose equal split drops the
+    remainder: validation must score every pair.
+    """
+    import ray.data
+
+    from raysegment.train_data import load_pairs
+
+    rows = cfg["val_rows"][rank::world]
+    if not rows:
+        return None
+    return ray.data.from_items(rows).map_batches(load_pairs, batch_size=4, batch_format="numpy",
+                                                 fn_kwargs=cfg["load_kwargs"])
+
+
 def _evaluate(model: torch.nn.Module, plugin: Any, shard: Any, collate: Collate, batch_size: int,
               device: torch.device) -> ConfusionAccumulator:
     acc = ConfusionAccumulator(max(plugin.num_classes, 2), plugin.ignore_index)
     model.eval()
     with torch.no_grad():
-        for batch in shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate):
+        for batch in (shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate) if shard is not None else []):
             labels = plugin.reduce(plugin.forward(model, batch["image"].to(device)))["labels"].cpu().numpy()
             acc.update(labels.astype(np.int64), batch["target"].numpy())
     matrix = _all_reduce(torch.from_numpy(acc.matrix))
@@ -100,6 +118,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     import ray.train.torch
 
     spec, seed = cfg["spec"], int(cfg["seed"])
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))  # Ray pins CPU workers to one thread otherwise
     plugin = spec.plugin()
     torch.manual_seed(seed)
     module = plugin.build()
@@ -116,7 +136,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     plain = AugmentConfig.none()
     context = ray.train.get_context()
     rank = context.get_world_rank()
-    train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = _validation_rows(cfg, rank, context.get_world_size())
     history, best = state["history"], state["best"]
     for epoch in range(state["epoch"] + 1, int(cfg["epochs"])):
         model.train()
@@ -145,6 +166,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             "val_miou": _finite(val.miou),
             "val_macc": _finite(val.macc),
             "val_pixel_acc": _finite(val.pixel_acc),
+            "val_pixels": int(val.confusion.sum()),  # every labelled validation pixel, counted once
             "val_iou": {k: v["iou"] for k, v in val.to_dict()["per_class"].items()},
         }
         history.append(metrics)

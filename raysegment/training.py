@@ -139,6 +139,11 @@ def _ordered_ingest() -> Any:
     return DataConfig(execution_options=options)
 
 
+def _threads(resources: Mapping[str, float]) -> int | None:
+    """Torch threads for a CPU worker: its whole CPU share (Ray would pin it to one)."""
+    return None if resources.get("GPU") else max(1, int(resources["CPU"]))
+
+
 def _worker_resources(cfg: TrainConfig, cluster: Mapping[str, float]) -> dict[str, float]:
     """Leave at least one CPU to the Ray Data stage that decodes and augments.
 
@@ -148,7 +153,7 @@ def _worker_resources(cfg: TrainConfig, cluster: Mapping[str, float]) -> dict[st
     if cfg.use_gpu:
         return {"CPU": 1.0, "GPU": 1.0}
     cpus = float(cluster.get("CPU", 1.0))
-    per = min(1.0, (cpus - 1.0) / cfg.workers)
+    per = (cpus - 1.0) / cfg.workers
     if per < 0.1:
         raise ValueError(f"{cfg.workers} CPU worker(s) leave no CPU for the data stage on {cpus:g} CPU(s); use fewer --workers")
     return {"CPU": round(per, 3)}
@@ -199,11 +204,11 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
         if not train_rows or not val_rows:
             raise TrainingDataError(f"no usable training or validation pairs left; see {redact(run.url)}/{REPORT}")
 
-        def dataset(rows: list[dict[str, Any]], with_weights: bool):
-            return ray.data.from_items(rows).map_batches(
-                load_pairs, batch_size=4, batch_format="numpy",
-                fn_kwargs={"spec": spec, "value_map": value_map, "weights": weights if with_weights else None,
-                           "limits": DecodeLimits(), "storage_options": cfg.storage_options})
+        load_kwargs = {"spec": spec, "value_map": value_map, "weights": weights, "limits": DecodeLimits(),
+                       "storage_options": cfg.storage_options}
+        train_ds = ray.data.from_items(train_rows).map_batches(load_pairs, batch_size=4, batch_format="numpy",
+                                                               fn_kwargs=load_kwargs)
+        resources = _worker_resources(cfg, ray.cluster_resources())
 
         path, filesystem = run.arrow_filesystem()
         trainer = TorchTrainer(
@@ -213,16 +218,17 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
                                "class_weights": list(cfg.class_weights) if cfg.class_weights else None,
                                "augment": cfg.augment, "label_names": spec.label_names,
                                "init_checkpoint": cfg.init_checkpoint, "storage_options": cfg.storage_options,
-                               "run": run},
+                               "run": run, "val_rows": val_rows, "threads": _threads(resources),
+                               "load_kwargs": {**load_kwargs, "weights": None}},
             scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
-                                         resources_per_worker=_worker_resources(cfg, ray.cluster_resources())),
+                                         resources_per_worker=resources),
             run_config=RunConfig(
                 name=cfg.name, storage_path=path, storage_filesystem=filesystem,
                 failure_config=FailureConfig(max_failures=cfg.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_miou",
                                                    checkpoint_score_order="max"),
             ),
-            datasets={"train": dataset(train_rows, True), "val": dataset(val_rows, False)},
+            datasets={"train": train_ds},  # validation: each rank builds its exact share (train_loop)
             dataset_config=_ordered_ingest(),
         )
         result = trainer.fit()

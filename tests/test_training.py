@@ -47,6 +47,8 @@ def test_train_resume_and_infer_with_the_checkpoint(em_pairs: tuple[Path, Path],
     first = run_training(_config(images, masks, tmp_path))
     losses = [h["train_loss"] for h in first.history]
     assert len(losses) == 3 and losses[-1] < losses[0]
+    # 2 validation slices over 2 workers: every labelled pixel scored exactly once
+    assert {h["val_pixels"] for h in first.history} == {2 * 512 * 512}
     run = tmp_path / "run"
     assert {"best.pt", "metrics.jsonl", "curves.png", "data_report.parquet"} <= {p.name for p in run.iterdir()}
     assert len(pd.read_json(run / "metrics.jsonl", lines=True)) == 3
