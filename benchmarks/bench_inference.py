@@ -18,7 +18,6 @@ import platform
 import resource
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,6 +28,8 @@ import ray
 import ray.data
 import torch
 from torch import nn
+
+from sampling import Sampler, wait_for_idle_ray
 
 from raysegment.decoders import decode, supported_extensions
 from raysegment.inference import InferenceConfig, run_inference
@@ -59,54 +60,27 @@ class Result:
         return self.items / self.seconds
 
 
-class PeakRss:
-    """Background thread sampling the driver's RSS and (optionally) that of Ray worker processes."""
+class PeakRss(Sampler):
+    """Peak RSS of the driver and (optionally) of Ray worker processes."""
 
     def __init__(self, workers: bool, interval: float = 0.25) -> None:
-        import psutil  # vendored by ray (ray/thirdparty_files): importable once ray is imported
-
-        self.psutil, self.me = psutil, psutil.Process()
-        self.with_workers, self.interval = workers, interval
+        super().__init__(interval)
+        self.with_workers = workers
         self.driver = self.workers = self.worker_max = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _sample(self) -> None:
         self.driver = max(self.driver, self.me.memory_info().rss)
         if not self.with_workers:
             return
         total = 0
-        for proc in self.me.children(recursive=True):  # raylet & co. are the driver's children
+        for proc in self.ray_workers():
             try:
-                cmd = proc.cmdline()
-                if cmd and cmd[0].startswith("ray::"):  # task/actor workers set this process title
-                    rss = proc.memory_info().rss
-                    total += rss
-                    self.worker_max = max(self.worker_max, rss)
+                rss = proc.memory_info().rss
             except (self.psutil.NoSuchProcess, self.psutil.AccessDenied, self.psutil.ZombieProcess):
                 continue
+            total += rss
+            self.worker_max = max(self.worker_max, rss)
         self.workers = max(self.workers, total)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
-
-    def __enter__(self) -> PeakRss:
-        self._sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-
-
-def wait_for_idle_ray(timeout: float = 60.0) -> None:
-    """Let the last run's actors exit (Ray frees them asynchronously) so that runs never overlap."""
-    total, deadline = ray.cluster_resources().get("CPU", 0.0), time.monotonic() + timeout
-    while ray.available_resources().get("CPU", 0.0) < total and time.monotonic() < deadline:
-        time.sleep(0.2)
 
 
 def measure(mode: str, items: int, fn: Callable[[], float | None]) -> Result:

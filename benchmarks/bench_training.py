@@ -20,7 +20,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -32,6 +31,8 @@ import ray
 import ray.data
 import torch
 import torch.nn.functional as F
+
+from sampling import Sampler, wait_for_idle_ray
 
 from raysegment.augment import AugmentConfig, augment, rng_for
 from raysegment.model_spec import ModelSpec, resolve_model
@@ -77,26 +78,19 @@ class Result:
         return int(self.epochs[-1]["images"])
 
 
-class RaySampler:
-    """Background thread: peak RSS and CPU time of the "ray::" processes (Ray's task and actor workers)."""
+class RaySampler(Sampler):
+    """Peak RSS and CPU time of the "ray::" processes (Ray's task and actor workers)."""
 
     def __init__(self, interval: float = 0.5) -> None:
-        import psutil  # vendored by ray (ray/thirdparty_files): importable once ray is imported
-
-        self.psutil, self.me, self.interval = psutil, psutil.Process(), interval
+        super().__init__(interval)
         self.total = self.largest = 0
         self.cpu_first: dict[int, float] = {}
         self.cpu_last: dict[int, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _sample(self) -> None:
         total = 0
-        for proc in self.me.children(recursive=True):  # raylet & co. are the driver's children
+        for proc in self.ray_workers():
             try:
-                cmd = proc.cmdline()
-                if not (cmd and cmd[0].startswith("ray::")):  # task/actor workers set this process title
-                    continue
                 with proc.oneshot():
                     rss, times = proc.memory_info().rss, proc.cpu_times()
             except (self.psutil.NoSuchProcess, self.psutil.AccessDenied, self.psutil.ZombieProcess):
@@ -110,29 +104,6 @@ class RaySampler:
 
     def cpu_seconds(self) -> float:
         return sum(self.cpu_last[p] - self.cpu_first[p] for p in self.cpu_last)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
-
-    def __enter__(self) -> RaySampler:
-        self._sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-
-
-def wait_for_idle_ray(timeout: float = 60.0) -> None:
-    """Let the last run's workers exit (Ray frees them asynchronously) so that runs never overlap."""
-    if not ray.is_initialized():
-        return
-    total, deadline = ray.cluster_resources().get("CPU", 0.0), time.monotonic() + timeout
-    while ray.available_resources().get("CPU", 0.0) < total and time.monotonic() < deadline:
-        time.sleep(0.2)
 
 
 def params(args: argparse.Namespace) -> dict[str, str]:
