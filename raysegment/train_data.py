@@ -11,7 +11,6 @@ fails becomes a row of the training-data report, never a crash.
 from __future__ import annotations
 
 import dataclasses
-import json
 import posixpath
 import random
 from collections.abc import Mapping, Sequence
@@ -152,9 +151,7 @@ def _load_one(pair_image: str, pair_mask: str, spec: ModelSpec, value_map: Mappi
 
         arrays["weight"] = unet_weight_map(target, cell_label=weights.cell_label, w0=weights.w0, sigma=weights.sigma,
                                            class_weights=weights.class_weights, ignore_index=plugin.ignore_index)
-    valid = target[target != plugin.ignore_index]
-    counts = np.bincount(valid, minlength=max(plugin.num_classes, 2)).tolist()
-    return {"arrays": arrays, "height": target.shape[0], "width": target.shape[1], "counts": counts}
+    return {"arrays": arrays, "height": target.shape[0], "width": target.shape[1]}
 
 
 def load_pairs(
@@ -172,7 +169,6 @@ def load_pairs(
     status = np.empty(n, dtype=object)
     error = np.empty(n, dtype=object)
     payload = np.empty(n, dtype=object)
-    counts = np.empty(n, dtype=object)
     height = np.zeros(n, dtype=np.int32)
     width = np.zeros(n, dtype=np.int32)
     for i in range(n):
@@ -180,10 +176,10 @@ def load_pairs(
             out = _load_one(batch["image_uri"][i], batch["mask_uri"][i], spec, value_map, weights, limits,
                             storage_options)
             payload[i] = pack(out["arrays"]) if keep_arrays else b""
-            status[i], error[i], counts[i] = "ok", "", json.dumps(out["counts"])
+            status[i], error[i] = "ok", ""
             height[i], width[i] = out["height"], out["width"]
         except Exception as exc:
-            status[i], error[i], payload[i], counts[i] = "error", describe_error(exc), b"", ""
+            status[i], error[i], payload[i] = "error", describe_error(exc), b""
     return {"index": batch["index"], "image_uri": batch["image_uri"], "mask_uri": batch["mask_uri"],
-            "status": status, "error": error, "height": height, "width": width, "counts": counts,
+            "status": status, "error": error, "height": height, "width": width,
             "payload": payload}

@@ -18,7 +18,6 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import torch
 import pyarrow.parquet as pq
@@ -98,8 +97,8 @@ def _pair_rows(pairs: Sequence[TrainPair], start: int = 0) -> list[dict[str, Any
 
 
 def _check_data(rows: list[dict[str, Any]], spec: ModelSpec, cfg: TrainConfig, value_map: dict[int, int],
-                run: RunFolder, unpaired: list[tuple[str, str]]) -> tuple[set[int], np.ndarray]:
-    """One Ray Data pass over every pair: report rows, the good indices, class pixel counts."""
+                run: RunFolder, unpaired: list[tuple[str, str]]) -> set[int]:
+    """One Ray Data pass over every pair: the report rows, and the indices of the good pairs."""
     import ray.data
 
     ds = ray.data.from_items(rows).map_batches(
@@ -109,7 +108,6 @@ def _check_data(rows: list[dict[str, Any]], spec: ModelSpec, cfg: TrainConfig, v
     columns = ["index", "image_uri", "mask_uri", "status", "error", "height", "width"]
     out: dict[str, list[Any]] = {c: [] for c in columns}
     good: set[int] = set()
-    counts = np.zeros(max(spec.plugin().num_classes, 2), dtype=np.int64)
     for batch in ds.iter_batches(batch_format="numpy", batch_size=256):
         for i in range(len(batch["index"])):
             ok = batch["status"][i] == "ok"
@@ -119,14 +117,13 @@ def _check_data(rows: list[dict[str, Any]], spec: ModelSpec, cfg: TrainConfig, v
             out["error"][-1] = None if ok else out["error"][-1]
             if ok:
                 good.add(int(batch["index"][i]))
-                counts[: len(json.loads(batch["counts"][i]))] += json.loads(batch["counts"][i])
     for uri, reason in unpaired:
         for c, v in zip(columns, [-1, uri, None, "error", reason, 0, 0]):
             out[c].append(v)
     buf = io.BytesIO()
     pq.write_table(pa.table(out), buf)
     run.write(REPORT, buf.getvalue())
-    return good, counts
+    return good
 
 
 def _ordered_ingest() -> Any:
@@ -195,7 +192,7 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
 
     try:
         train_rows, val_rows = _pair_rows(train_pairs), _pair_rows(val_pairs, len(train_pairs))
-        good, _counts = _check_data(train_rows + val_rows, spec, cfg, value_map, run, unpaired)
+        good = _check_data(train_rows + val_rows, spec, cfg, value_map, run, unpaired)
         bad = len(train_rows) + len(val_rows) - len(good) + len(unpaired)
         if bad and cfg.bad_data == "fail":
             raise TrainingDataError(f"{bad} bad training pair(s); see {redact(run.url)}/{REPORT}")
