@@ -9,6 +9,7 @@ Exit codes (documented in the README):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -90,36 +91,47 @@ def models_list(as_json: bool) -> None:
 
 @models.command("show")
 @click.argument("name")
-def models_show(name: str) -> None:
-    """Parameters with defaults, paper, and parameter count of the default build."""
-    from raysegment.registry import get_registry
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def models_show(name: str, as_json: bool) -> None:
+    """Parameters with defaults, paper, output stride and parameter count of the default build."""
+    from raysegment.model_card import model_card
 
-    info = get_registry().get(name)
-    cls = info.cls
-    click.echo(f"{name}  ({info.distribution} {info.version})")
-    click.echo(f"  task: {cls.task.value}   modality: {cls.modality.value}")
-    if cls.summary:
-        click.echo(f"  {cls.summary}")
-    if cls.paper:
-        click.echo(f"  paper: {cls.paper}")
+    card = model_card(name)
+    if as_json:
+        click.echo(json.dumps({**dataclasses.asdict(card), "bands": card.bands}, indent=2, default=str))
+        return
+    click.echo(f"{card.name}  ({card.distribution} {card.version})")
+    click.echo(f"  task: {card.task}   modality: {card.modality}")
+    if card.summary:
+        click.echo(f"  {card.summary}")
+    if card.paper:
+        click.echo(f"  paper: {card.paper}")
     click.echo("  parameters:")
-    for p in cls.params:
-        choices = f" one of {list(p.choices)}" if p.choices else ""
-        click.echo(f"    {p.name} ({p.type.__name__}, default {p.default!r}){choices}  {p.help}")
-    module = info.create().build()
-    count = sum(t.numel() for t in module.parameters())
-    click.echo(f"  parameter count (defaults): {count:,}")
+    for p in card.params:
+        choices = f" one of {p['choices']}" if p["choices"] else ""
+        click.echo(f"    {p['name']} ({p['type']}, default {p['default']!r}){choices}  {p['help']}")
+    paper = f"; paper: {card.paper_parameters_m:g}M" if card.paper_parameters_m is not None else ""
+    click.echo(f"  parameter count (defaults): {card.parameters:,} ({card.parameters / 1e6:.2f}M{paper})")
+    if card.parameter_note:
+        click.echo(f"    {card.parameter_note}")
+    click.echo(f"  output stride: {card.output_stride or 'n/a'}   inputs padded to a multiple of {card.size_divisor}")
+    click.echo(f"  input bands: {card.bands}")
+    if card.smoke_params:
+        click.echo(f"  smoke configuration: {json.dumps(card.smoke_params, sort_keys=True)}")
 
 
 @models.command("check")
 @click.argument("name")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Model parameter; repeatable.")
-def models_check(name: str, params: tuple[str, ...]) -> None:
+@click.option("--smoke", is_flag=True, help="Start from the model's small smoke configuration, not its defaults.")
+def models_check(name: str, params: tuple[str, ...], smoke: bool) -> None:
     """Run the conformance kit (raysegment.testing) against an installed model."""
     from raysegment.model_spec import parse_params
+    from raysegment.registry import get_registry
     from raysegment.testing import check_model, format_results
 
-    results = check_model(name, parse_params(params))
+    base = dict(get_registry().get(name).cls.smoke_params) if smoke else {}
+    results = check_model(name, {**base, **parse_params(params)})
     click.echo(format_results(results))
     if not all(r.ok for r in results):
         sys.exit(EXIT_FATAL)

@@ -91,6 +91,8 @@ def resolve_model(
     merged = dict(ckpt.params) if ckpt else {}
     merged.update(params or {})
     resolved = info.cls.resolve_params(merged)
+    if ckpt is not None:  # the checkpoint holds every weight: pretrained sources need not be read again
+        resolved.update({p.name: p.default for p in info.cls.params if p.loads_weights})
     plugin = info.cls(**resolved)
     explicit = "class_names" in (params or {})
     names = tuple(ckpt.class_names) if ckpt and ckpt.class_names and not explicit else plugin.class_names()
@@ -98,6 +100,8 @@ def resolve_model(
         raise CheckpointError(f"checkpoint has {len(names)} class names but num_classes={plugin.num_classes}")
     if ckpt is not None:
         _check_weights(plugin, ckpt.state_dict, checkpoint or "")
+    elif plugin.weight_sources():
+        plugin.build()  # pretrained weights that do not fit fail here, once, in one line (WeightsError)
     elif warn_random:
         log.warning("no --checkpoint: model %r runs with random weights (smoke test only)", name)
     return ModelSpec(

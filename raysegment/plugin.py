@@ -95,6 +95,10 @@ class Param:
     default: Any
     help: str = ""
     choices: tuple[Any, ...] | None = None
+    #: The value names weights to load at build time (a path, an fsspec URL or a torchvision
+    #: weight-enum name). The driver builds the model once when it is set, so weights that do not
+    #: fit fail there, in one line, instead of in every actor.
+    loads_weights: bool = False
 
     def coerce(self, value: Any) -> Any:
         """Turn a CLI string (or a Python value) into this parameter's type."""
@@ -184,6 +188,16 @@ class SegmentationModel:
     ignore_index: ClassVar[int] = 255
     #: Spatial multiple the input must be padded to (e.g. 2**depth for a U-Net).
     size_divisor: ClassVar[int] = 1
+    #: Input size / size of the coarsest feature map the decoder or classifier starts from.
+    #: Plugins usually compute it from their parameters (a property); None means not stated.
+    output_stride: ClassVar[int | None] = None
+    #: Parameter count (millions) the paper reports for its canonical configuration.
+    paper_parameters: ClassVar[float | None] = None
+    #: Why our default build's count differs from ``paper_parameters``, where it does.
+    parameter_note: ClassVar[str] = ""
+    #: The smallest configuration that still exercises every part of the architecture; used by
+    #: ``raysegment models check``, the end-to-end test over every model, and the docs.
+    smoke_params: ClassVar[Mapping[str, Any]] = {}
 
     REQUIRED_PARAMS: ClassVar[tuple[str, ...]] = ("in_channels", "num_classes")
 
@@ -215,6 +229,10 @@ class SegmentationModel:
     @property
     def num_classes(self) -> int:
         return int(self.params["num_classes"])
+
+    def weight_sources(self) -> dict[str, str]:
+        """The non-empty ``loads_weights`` parameters: what ``build()`` will read."""
+        return {p.name: str(self.params[p.name]) for p in self.params if p.loads_weights and self.params[p.name]}
 
     # -- description ----------------------------------------------------------------
     def class_names(self) -> tuple[str, ...]:

@@ -28,8 +28,10 @@ from raysegment.plugin import SemanticPrediction, Task
 from raysegment.registry import UnknownModelError, contract_violations, get_registry
 from raysegment.stages import pad_to_multiple, describe_error
 
+from raysegment.learn_check import ModelLearns, learning_curve, tiny_em_set  # noqa: E402  (re-exported)
+
 __all__ = ["CheckResult", "CheckFailed", "CHECKS", "NEEDS", "check_model", "assert_conforms", "format_results",
-           "ModelConformance"]
+           "ModelConformance", "ModelLearns", "learning_curve", "tiny_em_set"]
 
 ModelArg = SegmentationModel | type[SegmentationModel] | str
 

@@ -18,7 +18,6 @@ fi
 .venv/bin/python -m pip install --quiet -c constraints.txt torch
 # the core (editable, with test and S3 extras), then each plugin exactly as a third party installs it
 .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test,s3]"
-for plugin in plugins/*/; do
-    .venv/bin/python -m pip install --quiet -c constraints.txt "$plugin"
-done
+# in one call, so a plugin that needs the shared raysegment-backbones library finds it
+.venv/bin/python -m pip install --quiet -c constraints.txt plugins/*/
 echo "$WANT" > "$STAMP"
