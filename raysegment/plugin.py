@@ -232,7 +232,7 @@ class SegmentationModel:
 
     def weight_sources(self) -> dict[str, str]:
         """The non-empty ``loads_weights`` parameters: what ``build()`` will read."""
-        return {p.name: str(self.params[p.name]) for p in self.params if p.loads_weights and self.params[p.name]}
+        return {p.name: str(self.params[p.name]) for p in type(self).params if p.loads_weights and self.params[p.name]}
 
     # -- description ----------------------------------------------------------------
     def class_names(self) -> tuple[str, ...]:
