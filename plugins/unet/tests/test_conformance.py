@@ -1,13 +1,50 @@
-"""The U-Net plugin keeps the raysegment plugin contract: one test per conformance check."""
+"""The U-Net-family plugins keep the raysegment plugin contract (one test per conformance check) and learn."""
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from raysegment.testing import ModelConformance
+from raysegment.testing import ModelConformance, ModelLearns
+
+from raysegment_unet import DenseUNet, ResUNet
 
 
 class TestUNetConformance(ModelConformance):
     model_name = "unet"
     # Small but complete: batch norm and dropout must both behave in eval mode.
     params: ClassVar[dict[str, Any]] = {"depth": 2, "base_channels": 4, "batch_norm": True, "dropout": 0.2}
+
+
+class TestResUNetConformance(ModelConformance):
+    model_name = "resunet"
+    # The paper's single-class (sigmoid) mode with its 3 bands.
+    params: ClassVar[dict[str, Any]] = dict(ResUNet.smoke_params)
+
+
+class TestResUNetMultiClassConformance(ModelConformance):
+    model_name = "resunet"
+    params: ClassVar[dict[str, Any]] = {**ResUNet.smoke_params, "in_channels": 5, "num_classes": 3}
+
+
+class TestDenseUNetConformance(ModelConformance):
+    model_name = "denseunet"
+    params: ClassVar[dict[str, Any]] = dict(DenseUNet.smoke_params)
+
+
+class TestUNetLearns(ModelLearns):
+    model_name = "unet"
+    # Without BN the plain U-Net needs more than 30 Adam steps to leave the class-prior plateau.
+    params: ClassVar[dict[str, Any]] = {"depth": 2, "base_channels": 8, "batch_norm": True}
+    lr: ClassVar[float] = 3e-3
+
+
+class TestResUNetLearns(ModelLearns):
+    model_name = "resunet"
+    params: ClassVar[dict[str, Any]] = dict(ResUNet.smoke_params)  # 1 sigmoid class, 3 bands
+    lr: ClassVar[float] = 3e-3
+
+
+class TestDenseUNetLearns(ModelLearns):
+    model_name = "denseunet"
+    params: ClassVar[dict[str, Any]] = dict(DenseUNet.smoke_params)
+    lr: ClassVar[float] = 3e-3

@@ -173,3 +173,10 @@ def test_entry_point_registered() -> None:
     (ep,) = [e for e in eps if e.name == "unet"]
     assert ep.value == "raysegment_unet.plugin:UNet"
     assert ep.load() is UNet
+
+
+def test_plugin_metadata() -> None:
+    assert UNet.paper_parameters == 31.0 and "31,030,658" in UNet.parameter_note
+    assert UNet().output_stride == 16 and UNet(depth=2).output_stride == 4
+    assert UNet.smoke_params == {"depth": 2, "base_channels": 4}
+    assert not any(p.loads_weights for p in UNet.params)
