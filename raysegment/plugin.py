@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Union
 
 import numpy as np
@@ -50,6 +50,7 @@ __all__ = [
     "InstancePrediction",
     "Prediction",
     "SegmentationModel",
+    "with_aux_losses",
 ]
 
 
@@ -313,8 +314,17 @@ class SegmentationModel:
             raise InputError(f"mask holds label values {values} outside 0..{top - 1}")
         return target
 
+    #: Weights of the auxiliary outputs a module returns after its main logits in training mode,
+    #: as ``(main, aux_1, ...)`` (PSPNet's stage-3 head, DANet's branches). Each auxiliary output
+    #: is (B, K, H, W) logits; the training loss (``loss`` or ``train --loss``) is applied to every
+    #: output and summed with these weights. In eval mode the module returns the main logits only.
+    aux_loss_weights: ClassVar[tuple[float, ...]] = ()
+
     def loss(self, output: Any, target: torch.Tensor) -> torch.Tensor:
-        """Training loss; the default is pixel-wise softmax cross-entropy."""
+        """Training loss; the default is pixel-wise softmax cross-entropy (plus auxiliary terms)."""
+        return with_aux_losses(output, lambda logits: self._pixel_loss(logits, target), self.aux_loss_weights)
+
+    def _pixel_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if output.shape[1] == 1:
             valid = target != self.ignore_index
             return nn.functional.binary_cross_entropy_with_logits(
@@ -328,6 +338,20 @@ class SegmentationModel:
         rng = np.random.default_rng(seed)
         data = rng.integers(0, 256, size=(height, width, self.in_channels), dtype=np.uint8)
         return Sample(data=data, uri=f"synthetic://{seed}", meta={"height": height, "width": width})
+
+
+def with_aux_losses(output: Any, loss_fn: Callable[[torch.Tensor], torch.Tensor],
+                    weights: Sequence[float]) -> torch.Tensor:
+    """``loss_fn(main) + sum(w_i * loss_fn(aux_i))`` for an output that is logits or ``(main, aux...)``."""
+    if not isinstance(output, (tuple, list)):
+        return loss_fn(output)
+    main, *aux = output
+    if len(aux) != len(weights):
+        raise ValueError(f"the module returned {len(aux)} auxiliary output(s) but aux_loss_weights has {len(weights)}")
+    total = loss_fn(main)
+    for weight, logits in zip(weights, aux):
+        total = total + float(weight) * loss_fn(logits)
+    return total
 
 
 def class_names_from(names: Sequence[str] | str | None, num_classes: int) -> tuple[str, ...]:

@@ -21,6 +21,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from raysegment.augment import AugmentConfig, augment, rng_for
 from raysegment.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from raysegment.losses import build_loss
+from raysegment.plugin import with_aux_losses
 from raysegment.metrics import ConfusionAccumulator
 from raysegment.payload import unpack
 from raysegment.stages import pad_to_multiple
@@ -146,8 +147,9 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         collate = Collate(augment_config, seed, epoch, divisor, plugin.ignore_index)
         for batch in train_shard.iter_torch_batches(batch_size=cfg["batch_size"], collate_fn=collate):
             output = plugin.forward(model, batch["image"].to(device, non_blocking=True))
-            weight = batch.get("weight")
-            loss = loss_fn(output, batch["target"].to(device), None if weight is None else weight.to(device))
+            weight, target = batch.get("weight"), batch["target"].to(device)
+            weight = None if weight is None else weight.to(device)
+            loss = with_aux_losses(output, lambda logits: loss_fn(logits, target, weight), plugin.aux_loss_weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -244,3 +244,15 @@ def test_all_ignored_gives_zero_with_grad(name: str, channels: int) -> None:
     assert value.item() == 0.0 and value.requires_grad
     value.backward()
     assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_auxiliary_outputs_are_weighted_into_the_loss() -> None:
+    from raysegment.plugin import with_aux_losses
+
+    target = torch.randint(0, 3, (2, 8, 8))
+    main, aux = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    ce = lambda logits: torch.nn.functional.cross_entropy(logits, target)  # noqa: E731
+    assert torch.equal(with_aux_losses(main, ce, ()), ce(main))
+    assert torch.allclose(with_aux_losses((main, aux), ce, (0.4,)), ce(main) + 0.4 * ce(aux))
+    with pytest.raises(ValueError, match="1 auxiliary output"):
+        with_aux_losses((main, aux), ce, ())

@@ -141,3 +141,13 @@ def test_a_killed_worker_is_retried_from_the_last_checkpoint(em_pairs: tuple[Pat
     assert killed is not None, "no Ray Train worker was found to kill"
     summary = result["summary"]
     assert [h["epoch"] for h in summary.history] == [0, 1, 2, 3]
+
+
+def test_models_with_auxiliary_outputs_train_with_the_cli_loss(em_pairs: tuple[Path, Path], tmp_path: Path) -> None:
+    """PSPNet returns (main, aux) in training mode: `train --loss` applies to both, weighted 1 and 0.4."""
+    images, masks = em_pairs
+    params = {"backbone": "resnet18", "in_channels": 1, "num_classes": 2, "head_channels": 16}
+    result = run_training(_config(images, masks, tmp_path, model="pspnet", params=params, epochs=1, workers=1,
+                                  loss="ce+dice", name="psp"))
+    assert len(result.history) == 1 and np.isfinite(result.history[0]["train_loss"])
+    assert load_checkpoint(str(tmp_path / "psp" / "best.pt")).plugin == "pspnet"

@@ -1,0 +1,236 @@
+"""The ``pspnet``, ``refinenet`` and ``danet`` model plugins: the modules behind the raysegment contract.
+
+PSPNet and DANet train with auxiliary outputs: their modules return a tuple
+``(main, aux...)`` in training mode and the main logits alone in eval mode; the
+contract's loss (``SegmentationModel.loss`` and ``raysegment train --loss``) adds
+the auxiliary terms with :attr:`aux_loss_weights`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from raysegment.plugin import Modality, Param, ParamError, SegmentationModel, Task, class_names_from
+
+from raysegment_context.common import BACKBONES, backbone_depth
+from raysegment_context.danet import DANetModule
+from raysegment_context.pspnet import PSPNetModule
+from raysegment_context.refinenet import RefineNetModule
+
+__all__ = ["PSPNet", "RefineNet", "DANet", "parse_bins"]
+
+_VOC = "output classes (default 21: PASCAL VOC's 20 classes + background)"
+
+
+def _common_params(default_backbone: str) -> tuple[Param, ...]:
+    return (
+        Param("in_channels", int, 3, help="input bands (3 for RGB; any count, RGB weights are expanded)"),
+        Param("num_classes", int, 21, help=_VOC),
+        Param("backbone", str, default_backbone, help="torchvision ResNet body", choices=tuple(BACKBONES)),
+        Param("backbone_weights", str, "", loads_weights=True,
+              help="ImageNet weights of the ResNet (torchvision key names): a path, an fsspec URL or a "
+                   "torchvision enum name such as ResNet101_Weights.IMAGENET1K_V1 (local hub cache only)"),
+        Param("class_names", str, "", help="comma-separated class names; empty means class_0, class_1, ..."),
+    )
+
+
+def parse_bins(text: str) -> tuple[int, ...]:
+    """``"1,2,3,6"`` -> (1, 2, 3, 6); a ValueError naming the parameter otherwise."""
+    try:
+        bins = tuple(int(b) for b in str(text).split(",") if b.strip())
+    except ValueError:
+        raise ValueError(f"parameter 'bins' must be comma-separated positive ints, got {text!r}") from None
+    if not bins or any(b < 1 for b in bins):
+        raise ValueError(f"parameter 'bins' must be comma-separated positive ints, got {text!r}")
+    return bins
+
+
+def _positive(params: dict[str, Any], *names: str) -> None:
+    for name in names:
+        if params[name] < 1:
+            raise ValueError(f"parameter {name!r} must be >= 1, got {params[name]!r}")
+
+
+def _dropout(params: dict[str, Any]) -> None:
+    if not 0.0 <= params["dropout"] < 1.0:
+        raise ValueError(f"parameter 'dropout' must be in [0, 1), got {params['dropout']!r}")
+
+
+class _ContextModel(SegmentationModel):
+    """What the three plugins share: validation and class names. The base class's loss adds the
+    auxiliary outputs with :attr:`aux_loss_weights` (and so does ``raysegment train``)."""
+
+    task = Task.SEMANTIC
+    modality = Modality.IMAGE
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        try:
+            _positive(self.params, "in_channels", "num_classes")
+            self.validate()
+        except ValueError as exc:
+            raise ParamError(str(exc)) from None
+        self.class_names()  # a name count that disagrees with num_classes fails here, not later
+
+    def validate(self) -> None:
+        """Model-specific checks; raise ValueError with a one-line message."""
+
+    @property
+    def depth(self) -> int:
+        return backbone_depth(self.params["backbone"])
+
+    @property
+    def aux_loss_weights(self) -> tuple[float, ...]:
+        """Weights of the auxiliary outputs the module returns after the main logits in training mode."""
+        return ()
+
+    def class_names(self) -> tuple[str, ...]:
+        return class_names_from(self.params["class_names"], self.num_classes)
+
+    def reduce(self, output: Any) -> dict[str, torch.Tensor]:
+        """As the base, on the main logits should a training-mode tuple arrive."""
+        return super().reduce(output[0] if isinstance(output, (tuple, list)) else output)
+
+
+class PSPNet(_ContextModel):
+    """Pyramid Scene Parsing Network on a dilated ResNet, with the stage-3 auxiliary loss (weight 0.4)."""
+
+    summary = "PSPNet (Zhao et al. 2017): dilated ResNet + pyramid pooling module (bins 1, 2, 3, 6)."
+    paper = (
+        "H. Zhao, J. Shi, X. Qi, X. Wang, J. Jia. Pyramid Scene Parsing Network. "
+        "CVPR 2017, pp. 2881-2890. arXiv:1612.01105"
+    )
+    params = _common_params("resnet101") + (
+        Param("output_stride", int, 8, help="backbone output stride (8 in the paper)", choices=(8, 16)),
+        Param("bins", str, "1,2,3,6", help="pyramid pooling bin counts; each level reduces C to C/levels"),
+        Param("head_channels", int, 512, help="width of the 3x3 conv after the pyramid; the aux head has half"),
+        Param("dropout", float, 0.1, help="dropout before the classifiers, in [0, 1)"),
+        Param("aux_weight", float, 0.4, help="weight of the stage-3 auxiliary loss in training"),
+    )
+    paper_parameters: ClassVar[float | None] = None
+    parameter_note: ClassVar[str] = (
+        "The paper gives no parameter count. Our default (ResNet-101, torchvision stem, 21 classes) counts "
+        "the auxiliary head (about 2.4M), which is used in training only."
+    )
+    smoke_params: ClassVar[dict[str, Any]] = {
+        "backbone": "resnet18", "in_channels": 1, "num_classes": 2, "head_channels": 32,
+    }
+
+    def validate(self) -> None:
+        parse_bins(self.params["bins"])
+        _positive(self.params, "head_channels")
+        _dropout(self.params)
+        if self.params["aux_weight"] < 0:
+            raise ValueError(f"parameter 'aux_weight' must be >= 0, got {self.params['aux_weight']!r}")
+
+    @property  # type: ignore[override]
+    def output_stride(self) -> int:
+        return int(self.params["output_stride"])
+
+    @property  # type: ignore[override]
+    def size_divisor(self) -> int:
+        """The backbone's output stride: feature maps then tile the input exactly."""
+        return int(self.params["output_stride"])
+
+    @property
+    def aux_loss_weights(self) -> tuple[float, ...]:
+        return (float(self.params["aux_weight"]),)
+
+    def build(self) -> nn.Module:
+        p = self.params
+        return PSPNetModule(
+            in_channels=p["in_channels"], num_classes=p["num_classes"], depth=self.depth,
+            bins=parse_bins(p["bins"]), head_channels=p["head_channels"], dropout=p["dropout"],
+            output_stride=p["output_stride"], backbone_weights=p["backbone_weights"],
+        )
+
+
+class RefineNet(_ContextModel):
+    """Multi-path 4-cascaded RefineNet on a plain (undilated) ResNet."""
+
+    summary = "RefineNet (Lin et al. 2017): 4-cascaded multi-path refinement (RCU, fusion, chained pooling)."
+    paper = (
+        "G. Lin, A. Milan, C. Shen, I. Reid. RefineNet: Multi-Path Refinement Networks for High-Resolution "
+        "Semantic Segmentation. CVPR 2017, pp. 1925-1934. arXiv:1611.06612"
+    )
+    params = _common_params("resnet101") + (
+        Param("width", int, 256, help="channels of the 1/4..1/16 paths (256 in the paper); the 1/32 path has 2x"),
+        Param("crp_blocks", int, 2, help="pool+conv blocks in each chained residual pooling (paper 2, code 4)"),
+    )
+    paper_parameters: ClassVar[float | None] = None
+    parameter_note: ClassVar[str] = (
+        "The RefineNet paper gives no parameter count. The authors' released RefineNet-101 has more "
+        "(4 CRP blocks, 3 output RCUs per block): Light-Weight RefineNet (arXiv:1810.03272) lists it at 118M; "
+        "crp_blocks=4 here gives 118.0M."
+    )
+    smoke_params: ClassVar[dict[str, Any]] = {"backbone": "resnet18", "in_channels": 1, "num_classes": 2, "width": 8}
+
+    def validate(self) -> None:
+        _positive(self.params, "width", "crp_blocks")
+
+    @property  # type: ignore[override]
+    def output_stride(self) -> int:
+        return 32
+
+    @property  # type: ignore[override]
+    def size_divisor(self) -> int:
+        """The undilated ResNet's 1/32 stage must tile the input."""
+        return 32
+
+    def build(self) -> nn.Module:
+        p = self.params
+        return RefineNetModule(
+            in_channels=p["in_channels"], num_classes=p["num_classes"], depth=self.depth, width=p["width"],
+            crp_blocks=p["crp_blocks"], backbone_weights=p["backbone_weights"],
+        )
+
+
+class DANet(_ContextModel):
+    """Dual Attention Network: position and channel attention on a dilated ResNet, branches summed."""
+
+    summary = "DANet (Fu et al. 2019): dilated ResNet + position and channel self-attention, summed."
+    paper = (
+        "J. Fu, J. Liu, H. Tian, Y. Li, Y. Bao, Z. Fang, H. Lu. Dual Attention Network for Scene "
+        "Segmentation. CVPR 2019, pp. 3146-3154. arXiv:1809.02983"
+    )
+    params = _common_params("resnet101") + (
+        Param("output_stride", int, 8, help="backbone output stride (8 in the paper)", choices=(8, 16)),
+        Param("dropout", float, 0.1, help="dropout before the classifiers, in [0, 1)"),
+        Param("aux_weight", float, 1.0,
+              help="weight of each single-branch (PAM, CAM) loss in training; 1 in the authors' code"),
+    )
+    paper_parameters: ClassVar[float | None] = None
+    parameter_note: ClassVar[str] = (
+        "The paper gives no parameter count. Our default (ResNet-101, torchvision stem, 21 classes) counts "
+        "the two single-branch classifiers used only in training (about 22k)."
+    )
+    smoke_params: ClassVar[dict[str, Any]] = {"backbone": "resnet18", "in_channels": 1, "num_classes": 2}
+
+    def validate(self) -> None:
+        _dropout(self.params)
+        if self.params["aux_weight"] < 0:
+            raise ValueError(f"parameter 'aux_weight' must be >= 0, got {self.params['aux_weight']!r}")
+
+    @property  # type: ignore[override]
+    def output_stride(self) -> int:
+        return int(self.params["output_stride"])
+
+    @property  # type: ignore[override]
+    def size_divisor(self) -> int:
+        """The backbone's output stride: feature maps then tile the input exactly."""
+        return int(self.params["output_stride"])
+
+    @property
+    def aux_loss_weights(self) -> tuple[float, ...]:
+        weight = float(self.params["aux_weight"])
+        return (weight, weight)
+
+    def build(self) -> nn.Module:
+        p = self.params
+        return DANetModule(
+            in_channels=p["in_channels"], num_classes=p["num_classes"], depth=self.depth, dropout=p["dropout"],
+            output_stride=p["output_stride"], backbone_weights=p["backbone_weights"],
+        )
