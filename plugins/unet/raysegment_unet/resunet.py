@@ -37,6 +37,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from raysegment_unet.init import check_divisible, he_init
+
 __all__ = ["ResidualUnit", "ResUNet2d", "validate_config"]
 
 
@@ -131,21 +133,11 @@ class ResUNet2d(nn.Module):
 
     def reset_parameters(self) -> None:
         """He-normal convs (ReLU network), unit BN scale, zero shifts and biases."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_channels, H, W) -> logits (B, num_classes, H, W)."""
-        h, w = x.shape[-2:]
-        div = self.size_divisor
-        if h % div or w % div:
-            raise ValueError(f"input size {int(h)}x{int(w)} is not a multiple of {div} (2**depth); pad it first")
+        check_divisible(x, self.size_divisor)
         skips: list[torch.Tensor] = []
         for encoder in self.encoders:
             x = encoder(x)

@@ -31,6 +31,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from raysegment_unet.init import check_divisible, he_init
+
 __all__ = ["AnalysisBlock", "UNet3d", "validate_config"]
 
 #: The paper's count for its network (3 input channels, 3 classes).
@@ -103,23 +105,13 @@ class UNet3d(nn.Module):
 
     def reset_parameters(self) -> None:
         """He-normal convs (the paper's initialisation for a ReLU network), unit BN scale, zero shifts."""
-        for m in self.modules():
-            if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm3d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_channels, D, H, W) -> logits (B, num_classes, D, H, W)."""
         if x.ndim != 5:
             raise ValueError(f"expected a (B, C, D, H, W) volume batch, got shape {tuple(x.shape)}")
-        div = self.size_divisor
-        if any(int(s) % div for s in x.shape[-3:]):
-            size = "x".join(str(int(s)) for s in x.shape[-3:])
-            raise ValueError(f"input size {size} is not a multiple of {div} (2**depth); pad it first")
+        check_divisible(x, self.size_divisor, 3)
         skips: list[torch.Tensor] = []
         for encoder in self.encoders:
             x = encoder(x)
