@@ -5,7 +5,8 @@ proves the architecture can fit real labels at all: a wrong skip connection,
 a detached branch or a frozen head passes conformance but plateaus here. The
 set is four ISBI-2012 EM slices (membrane vs cell), scaled down so that every
 model in the zoo runs it in seconds on a CPU, their grey band repeated to the
-model's ``in_channels``.
+model's ``in_channels``; or, for models that predict on a coarse grid, three
+VOC photos (object vs background).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import torch
 from raysegment.plugin import Sample, SegmentationModel
 from raysegment.registry import get_registry
 
-__all__ = ["shared_data_dir", "tiny_em_set", "learning_curve", "ModelLearns"]
+__all__ = ["shared_data_dir", "tiny_em_set", "tiny_voc_set", "learning_curve", "ModelLearns"]
 
 EM_DATASET = "isbi2012_em_membrane"
+VOC_DATASET = "labelme_voc_instance_coco"
 
 
 def shared_data_dir() -> Path | None:
@@ -56,6 +58,28 @@ def tiny_em_set(n: int = 4, size: int = 64, root: Path | None = None) -> tuple[n
         images.append(np.asarray(img.resize((size, size), Image.Resampling.BOX)))
         frac = Image.fromarray(lab.astype(np.float32)).resize((size, size), Image.Resampling.BOX)
         targets.append((np.asarray(frac) > 0.5).astype(np.int64))
+    return np.stack(images), np.stack(targets)
+
+
+def tiny_voc_set(size: int = 64, root: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The three labelled VOC photos as (3, size, size) grey uint8 images and object-vs-background targets.
+
+    Objects are large here, unlike EM membranes, so a model that predicts on a coarse grid (output
+    stride 8 and up) can draw them; VOC's 255 border pixels stay ignored (255).
+    """
+    from PIL import Image
+
+    base = (root or shared_data_dir() or Path("/nonexistent")) / VOC_DATASET / "data_dataset_voc"
+    names = sorted(p.stem for p in (base / "JPEGImages").glob("*.jpg")) if base.is_dir() else []
+    if not names:
+        raise FileNotFoundError(f"VOC photos not found under {base}")
+    images, targets = [], []
+    for name in names:
+        img = Image.open(base / "JPEGImages" / f"{name}.jpg").convert("L").resize((size, size), Image.Resampling.BOX)
+        lab = Image.open(base / "SegmentationClass" / f"{name}.png").resize((size, size), Image.Resampling.NEAREST)
+        lab = np.asarray(lab)
+        images.append(np.asarray(img))
+        targets.append(np.where(lab == 255, 255, (lab > 0).astype(np.int64)).astype(np.int64))
     return np.stack(images), np.stack(targets)
 
 
@@ -95,6 +119,9 @@ class ModelLearns:
     size: ClassVar[int] = 64
     #: the mean loss of the last 5 steps must fall below this fraction of the first step's loss
     max_ratio: ClassVar[float] = 0.7
+    #: "em" (thin membranes) or "voc" (three photos, object vs background: large shapes that
+    #: coarse-grid models can draw)
+    dataset: ClassVar[str] = "em"
 
     def test_learns(self) -> None:
         import pytest
@@ -102,7 +129,7 @@ class ModelLearns:
         if self.model_name is None:
             raise TypeError(f"{type(self).__name__} must set model_name")
         try:
-            images, targets = tiny_em_set(size=self.size)
+            images, targets = (tiny_voc_set if self.dataset == "voc" else tiny_em_set)(size=self.size)
         except FileNotFoundError as exc:
             pytest.skip(f"{exc} (../shared/data is checked out beside the repo in CI)")
         model = get_registry().create(self.model_name, dict(self.params))

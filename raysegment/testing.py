@@ -270,8 +270,16 @@ def checkpoint_roundtrip(model: SegmentationModel, ctx: _Context) -> str | None:
 @_check("build", "preprocess")
 def training_step(model: SegmentationModel, ctx: _Context) -> str | None:
     x, steps = _batch(model, ctx), 6
-    # A random but learnable mask: quantile bands of the first input channel, one corner ignored.
+    # A random but learnable mask: quantile bands of the first input channel, averaged over blocks of
+    # the output stride (a model predicting on a coarse grid cannot draw single-pixel noise), one
+    # corner ignored.
+    block = max(1, min(int(getattr(model, "output_stride", None) or ctx.divisor), ctx.height // 2))
     first = x[:, 0].numpy()
+    h, w = first.shape[1:]
+    hb, wb = -(-h // block), -(-w // block)
+    padded = np.pad(first, ((0, 0), (0, hb * block - h), (0, wb * block - w)), mode="edge")
+    coarse = padded.reshape(len(first), hb, block, wb, block).mean(axis=(2, 4))
+    first = np.repeat(np.repeat(coarse, block, axis=1), block, axis=2)[:, :h, :w]
     masks = np.digitize(first, np.quantile(first, np.linspace(0, 1, _label_bound(model) + 1)[1:-1]))
     masks[:, :2, :2] = model.ignore_index
     targets = [model.encode_target(m) for m in masks]
@@ -296,7 +304,7 @@ def training_step(model: SegmentationModel, ctx: _Context) -> str | None:
         with torch.no_grad():  # sign-SGD, i.e. Adam's first step; torch.optim's first use costs seconds
             for p in params:
                 if p.grad is not None:
-                    p.sub_(1e-3 * p.grad.sign())  # 1e-2 diverges on the full-size U-Net
+                    p.sub_(1e-4 * p.grad.sign())  # 1e-3 overshoots on wide heads (FCN, DeepLab, torchvision)
         losses.append(loss.detach().item())
         if step == 0:
             _require(any(not torch.equal(b, p.detach()) for b, p in zip(before, params)),

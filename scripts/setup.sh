@@ -18,6 +18,12 @@ fi
 .venv/bin/python -m pip install --quiet -c constraints.txt torch
 # the core (editable, with test and S3 extras), then each plugin exactly as a third party installs it
 .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test,s3]"
-# in one call, so a plugin that needs the shared raysegment-backbones library finds it
-.venv/bin/python -m pip install --quiet -c constraints.txt plugins/*/
+# in one call, so a plugin that needs the shared raysegment-backbones library finds it; deeplab
+# with its [crf] extra (pydensecrf2, built from source: needs a C++ compiler)
+PLUGINS=()
+for plugin in plugins/*/; do
+    [ "$plugin" = plugins/deeplab/ ] && plugin="./plugins/deeplab[crf]"
+    PLUGINS+=("$plugin")
+done
+.venv/bin/python -m pip install --quiet -c constraints.txt "${PLUGINS[@]}"
 echo "$WANT" > "$STAMP"
