@@ -35,7 +35,7 @@ def _one_line_error(proc: subprocess.CompletedProcess, code: int = 1) -> str:
 @pytest.mark.parametrize(
     "args, words",
     [
-        (["infer", "{em}", "{tmp}/o", "--model", "nope"], ["unknown model 'nope'", "installed: unet"]),
+        (["infer", "{em}", "{tmp}/o", "--model", "nope"], ["unknown model 'nope'", "installed: ", "unet"]),
         (["infer", "{tmp}/missing", "{tmp}/o", "--model", "unet"], ["input not found"]),
         (["infer", "{tmp}/empty", "{tmp}/o", "--model", "unet"], ["input is empty"]),
         (["infer", "{em}", "/proc/forbidden/o", "--model", "unet"], ["cannot write output"]),
