@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the default test selection. Extra arguments go to pytest,
-# e.g. `scripts/test.sh -m slow` or `scripts/test.sh -m "slow or not slow"` for everything.
+# Set up (if needed) and run every test, slow ones included (what CI runs). Arguments replace
+# that selection and go to pytest, e.g. `scripts/test.sh -m "not slow"` for the fast default set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+if [ "$#" -eq 0 ]; then
+    set -- -m "slow or not slow"  # everything: CI runs this; plain `pytest` is the fast default selection
+fi
 exec .venv/bin/python -m pytest "$@"
