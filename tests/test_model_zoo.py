@@ -105,3 +105,21 @@ def test_weights_that_do_not_fit_are_one_line_naming_the_tensor(name: str, tmp_p
     message = result.output.strip()
     assert len(message.splitlines()) == 1 and "Traceback" not in message, message
     assert "bogus.pth" in message and ("conv1.weight" in message or "not_a_layer.weight" in message), message
+
+
+def test_dense_crf_runs_through_infer(ray_local, tmp_path: Path) -> None:
+    """DeepLab's CRF (probabilities and the image leave the actor, the CRF runs in the encode task)."""
+    pytest.importorskip("pydensecrf", reason="pydensecrf2 (the raysegment-deeplab[crf] extra) is not installed")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _write(folder / "scene", 3, 48, 64, 0)
+    out = tmp_path / "out"
+    args = ["infer", str(folder), str(out), "--model", "deeplabv2"]
+    for key, value in {**REGISTRY.get("deeplabv2").cls.smoke_params, "in_channels": 3, "crf": True,
+                       "crf_iterations": 3}.items():
+        args += ["--param", f"{key}={value}"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (row,) = read_output(str(out)).to_pylist()
+    assert row["status"] == "ok" and '"crf": true' in row["model"]["params"]
+    assert row_label_map(row).shape == (48, 64)
