@@ -204,6 +204,8 @@ class SegmentationModel:
 
     def __init__(self, **params: Any) -> None:
         self.params: dict[str, Any] = self.resolve_params(params)
+        if "class_names" in self.params:
+            self.class_names()  # a name count that disagrees with num_classes fails here, not in a worker
 
     # -- parameters -----------------------------------------------------------------
     @classmethod
@@ -237,8 +239,9 @@ class SegmentationModel:
 
     # -- description ----------------------------------------------------------------
     def class_names(self) -> tuple[str, ...]:
-        """Names of the ``num_classes`` output classes, index-aligned."""
-        return tuple(f"class_{i}" for i in range(self.num_classes))
+        """Names of the ``num_classes`` output classes, index-aligned: from a comma-separated
+        ``class_names`` parameter where the plugin declares one, else ``class_0``, ``class_1``, ..."""
+        return class_names_from(self.params.get("class_names"), self.num_classes)
 
     # -- model ----------------------------------------------------------------------
     def build(self) -> nn.Module:

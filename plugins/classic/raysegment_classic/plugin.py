@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from raysegment.plugin import Modality, Param, ParamError, SegmentationModel, Task, class_names_from
+from raysegment.plugin import Modality, Param, ParamError, SegmentationModel, Task
 from raysegment.weights import read_state_dict
 from raysegment_classic.fcn import FCN, load_vgg16_weights
 from raysegment_classic.segnet import SegNet as SegNetModule
@@ -83,8 +83,6 @@ class _FCNBase(SegmentationModel):
         """The coarsest map the classifier starts from is fc7/score_fr, stride 32, for all three variants."""
         return 32
 
-    def class_names(self) -> tuple[str, ...]:
-        return class_names_from(self.params["class_names"], self.num_classes)
 
     def build(self) -> nn.Module:
         p = self.params
@@ -156,8 +154,6 @@ class SegNet(SegmentationModel):
         """The decoder starts from pool5, stride 32."""
         return 32
 
-    def class_names(self) -> tuple[str, ...]:
-        return class_names_from(self.params["class_names"], self.num_classes)
 
     def build(self) -> nn.Module:
         p = self.params

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from raysegment.plugin import Modality, Param, ParamError, SegmentationModel, Task, class_names_from
+from raysegment.plugin import Modality, Param, ParamError, SegmentationModel, Task
 
 from raysegment_context.common import BACKBONES, backbone_depth
 from raysegment_context.danet import DANetModule
@@ -87,8 +87,6 @@ class _ContextModel(SegmentationModel):
         """Weights of the auxiliary outputs the module returns after the main logits in training mode."""
         return ()
 
-    def class_names(self) -> tuple[str, ...]:
-        return class_names_from(self.params["class_names"], self.num_classes)
 
     def reduce(self, output: Any) -> dict[str, torch.Tensor]:
         """As the base, on the main logits should a training-mode tuple arrive."""

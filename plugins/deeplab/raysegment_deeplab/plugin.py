@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from raysegment.plugin import Modality, Param, ParamError, SegmentationModel, SemanticPrediction, Task
-from raysegment.plugin import class_names_from
 
 from raysegment_deeplab.crf import CRF_EXTRA, crf_available, dense_crf
 
@@ -96,8 +95,6 @@ class _DeepLab(SegmentationModel):
     def validate(self) -> None:
         """Model-specific checks, raising ParamError."""
 
-    def class_names(self) -> tuple[str, ...]:
-        return class_names_from(self.params["class_names"], self.num_classes)
 
     @property  # type: ignore[override]
     def output_stride(self) -> int:

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from raysegment.plugin import Modality, Param, ParamError, SegmentationModel, Task, class_names_from
+from raysegment.plugin import Modality, Param, ParamError, SegmentationModel, Task
 
 from raysegment_espnet.espnet import OUTPUT_STRIDE, ESPNetEncoder, ESPNetWithDecoder, validate_config
 
@@ -61,8 +61,6 @@ class _ESPNetBase(SegmentationModel):
         """The classifier (and the decoder) start from the level-3 map at 1/8 of the input."""
         return OUTPUT_STRIDE
 
-    def class_names(self) -> tuple[str, ...]:
-        return class_names_from(self.params["class_names"], self.num_classes)
 
     def _encoder(self, variant: str) -> ESPNetEncoder:
         p = self.params

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from raysegment.plugin import Modality, Param, ParamError, Sample, SegmentationModel, Task, class_names_from
+from raysegment.plugin import Modality, Param, ParamError, Sample, SegmentationModel, Task
 from raysegment.weights import load_pretrained, read_state_dict
 
 __all__ = ["AUX_WEIGHT", "IMAGENET_MEAN", "IMAGENET_STD", "band_statistics", "common_params", "TorchvisionSegmentation"]
@@ -117,8 +117,6 @@ class TorchvisionSegmentation(SegmentationModel):
     def aux_loss(self) -> bool:
         return bool(self.params.get("aux_loss", False))
 
-    def class_names(self) -> tuple[str, ...]:
-        return class_names_from(self.params["class_names"], self.num_classes)
 
     # -- inference ---------------------------------------------------------------------
     def preprocess(self, sample: Sample) -> np.ndarray:

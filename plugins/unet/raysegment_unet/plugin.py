@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from raysegment.plugin import Modality, Param, ParamError, SegmentationModel, Task, class_names_from
+from raysegment.plugin import Modality, Param, ParamError, SegmentationModel, Task
 
 from raysegment_unet import denseunet, resunet
 from raysegment_unet.unet2d import UNet2d, validate_config
@@ -47,9 +47,6 @@ class _UNetFamily(SegmentationModel):
     def output_stride(self) -> int:
         """The decoder starts from the coarsest level, ``depth`` halvings below the input."""
         return 2 ** int(self.params["depth"])
-
-    def class_names(self) -> tuple[str, ...]:
-        return class_names_from(self.params["class_names"], self.num_classes)
 
 
 class UNet(_UNetFamily):
