@@ -147,6 +147,16 @@ def _actors(ctx: click.Context, param: click.Parameter, value: str | None) -> tu
         raise click.BadParameter(str(exc)) from None
 
 
+def _sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> int | tuple[int, ...] | None:
+    if value is None or value == "":
+        return None
+    try:
+        sizes = tuple(int(v) for v in str(value).split(","))
+    except ValueError:
+        raise click.BadParameter(f"expects an integer or comma-separated integers, got {value!r}") from None
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
 @main.command()
 @click.argument("input")
 @click.argument("output")
@@ -168,10 +178,19 @@ def _actors(ctx: click.Context, param: click.Parameter, value: str | None) -> tu
 @click.option("--channels-last", is_flag=True, help="Run the model in channels_last memory format.")
 @click.option("--max-pixels", default=20000 * 20000, type=click.IntRange(min=1),
               help="Refuse images larger than this (decompression-bomb guard).")
+@click.option("--tile", default=None, callback=_sizes, metavar="SIZE[,SIZE...]",
+              help="Cut each scene into overlapping windows of this size (per axis, or one for all). [default: the model's; whole images for 2D models]")
+@click.option("--overlap", default=None, callback=_sizes, metavar="PX[,PX...]",
+              help="Overlap of neighbouring windows in pixels. [default: the model's, else tile/4]")
+@click.option("--blend", default="gaussian", type=click.Choice(["gaussian", "linear", "constant"]),
+              help="Weighting of overlapping windows' logits.")
+@click.option("--mask-raster", is_flag=True, help="Tiled 2D scenes: also write a COG label raster with the source's CRS under OUTPUT/masks/.")
+@click.option("--polygons", is_flag=True, help="Tiled 2D scenes: also write a GeoParquet polygon layer under OUTPUT/polygons/.")
 def infer(input: str, output: str, model: str | None, checkpoint: str | None, params: tuple[str, ...],
           batch_size: int, actors: tuple[int, int] | None, gpus_per_actor: float | None, threads: int | None,
           address: str | None, resume: bool, overwrite: bool, shard_size: int, precision: str,
-          channels_last: bool, max_pixels: int) -> None:
+          channels_last: bool, max_pixels: int, tile: int | tuple[int, ...] | None,
+          overlap: int | tuple[int, ...] | None, blend: str, mask_raster: bool, polygons: bool) -> None:
     """Segment every item of INPUT and write one Parquet row per item to OUTPUT.
 
     INPUT is a local path or fsspec URL: a directory/prefix (recursive), a glob,
@@ -185,7 +204,8 @@ def infer(input: str, output: str, model: str | None, checkpoint: str | None, pa
         input=input, output=output, model=model, checkpoint=checkpoint, params=parse_params(params),
         batch_size=batch_size, actors=actors, gpus_per_actor=gpus_per_actor, threads=threads, address=address,
         resume=resume, overwrite=overwrite, shard_size=shard_size, precision=precision,
-        channels_last=channels_last, max_pixels=max_pixels,
+        channels_last=channels_last, max_pixels=max_pixels, tile=tile, overlap=overlap, blend=blend,
+        mask_raster=mask_raster, polygons=polygons,
     ))
     click.echo(summary.format())
     if summary.failed:

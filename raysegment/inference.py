@@ -25,7 +25,10 @@ from raysegment.output import OutputError, OutputRoot, RunManifest
 from raysegment.runtime import ActorPlan, cluster_resources, ensure_ray, plan_actors
 from raysegment.sink import IncompleteOutputError, ShardedParquetSink
 from raysegment.sources import Shard, list_inputs, listing_digest, make_shards, redact
+from raysegment.plugin import Modality, Task
+from raysegment.scene_merger import GeoOutputOptions, SceneMerger
 from raysegment.stages import PredictOptions, Predictor, decode_batch, encode_batch
+from raysegment.tiled_stages import Tiling, plan_scene_windows, read_windows
 
 __all__ = ["InferenceConfig", "RunSummary", "run_inference"]
 
@@ -55,6 +58,12 @@ class InferenceConfig:
     channels_last: bool = False
     max_pixels: int = DecodeLimits().max_pixels
     storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # never logged
+    # -- tiled sliding-window inference (scenes and volumes) --
+    tile: int | tuple[int, ...] | None = None  # None: the plugin's default_tile (volumes), else untiled
+    overlap: int | tuple[int, ...] | None = None  # None: the plugin's default_overlap, else tile // 4
+    blend: str = "gaussian"  # gaussian | linear | constant
+    mask_raster: bool = False  # also write a COG label raster per 2D scene under OUTPUT/masks/
+    polygons: bool = False  # also write a GeoParquet polygon layer per 2D scene under OUTPUT/polygons/
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -107,12 +116,14 @@ class _Plan:
     shards: list[Shard]
     pending: list[Shard]
     num_items: int
+    tiling: Tiling | None = None
 
 
 def _plan(config: InferenceConfig) -> _Plan:
     """All driver-side validation; raises before Ray is touched."""
     config.validate()
     spec = resolve_model(config.model, config.params, config.checkpoint, config.storage_options)
+    tiling = _tiling(config, spec)
     uris = list_inputs(config.input, config.storage_options)
     shards = make_shards(uris, config.shard_size)
     root = OutputRoot(config.output, config.storage_options)
@@ -124,30 +135,35 @@ def _plan(config: InferenceConfig) -> _Plan:
         shard_size=config.shard_size,
         listing_sha256=listing_digest(uris),
         model=spec.info(),
+        tiling=dataclasses.asdict(tiling) if tiling else None,
     )
     root.prepare(manifest, resume=config.resume, overwrite=config.overwrite)
     done = root.committed(shards) if config.resume else set()
     pending = [s for s in shards if s.id not in done]
     root.clear_staging([s.id for s in pending])
-    return _Plan(spec, root, shards, pending, len(uris))
+    return _Plan(spec, root, shards, pending, len(uris), tiling)
 
 
-def _build_dataset(config: InferenceConfig, plan: _Plan, actors: ActorPlan):
+def _tiling(config: InferenceConfig, spec: ModelSpec) -> Tiling | None:
+    """The run's tiling, or None; every option mistake is a one-line error here."""
+    plugin = spec.plugin()
+    tiling = Tiling.resolve(plugin, config.tile, config.overlap, config.blend)
+    if tiling is None:
+        if config.overlap is not None or config.mask_raster or config.polygons:
+            raise ValueError("--overlap, --mask-raster and --polygons need tiled inference: pass --tile")
+        return None
+    if plugin.task is not Task.SEMANTIC:
+        raise ValueError(f"tiled inference blends per-pixel logits: it takes semantic models, not {plugin.task.value}")
+    if (config.mask_raster or config.polygons) and plugin.modality is Modality.VOLUME:
+        raise ValueError("--mask-raster and --polygons are for 2D scenes, not volumes")
+    return tiling
+
+
+def _predict(ds, config: InferenceConfig, plan: _Plan, actors: ActorPlan):
     import ray.data
 
-    limits = DecodeLimits(max_pixels=config.max_pixels)
-    options = PredictOptions(config.precision, config.channels_last, actors.threads)
-    source = ShardDatasource(plan.pending, config.storage_options)
-    ds = ray.data.read_datasource(source, override_num_blocks=len(plan.pending))
-    ds = ds.map_batches(
-        decode_batch,
-        batch_size=config.batch_size,
-        batch_format="numpy",
-        fn_kwargs={"spec": plan.spec, "limits": limits, "storage_options": config.storage_options},
-        num_cpus=1,
-        udf_modifying_row_count=False,
-    )
-    ds = ds.map_batches(
+    options = PredictOptions(config.precision, config.channels_last, actors.threads, tiled=plan.tiling is not None)
+    return ds.map_batches(
         Predictor,
         batch_size=config.batch_size,
         batch_format="numpy",
@@ -161,6 +177,52 @@ def _build_dataset(config: InferenceConfig, plan: _Plan, actors: ActorPlan):
         # the actor: decode tasks then overlap the forward pass.
         memory=PREDICTOR_MEMORY,
     )
+
+
+def _build_tiled_dataset(config: InferenceConfig, plan: _Plan, actors: ActorPlan):
+    """scenes -> windows (fan-out) -> read -> Predictor -> SceneMerger (fan-in, one actor)."""
+    import ray.data
+
+    limits = DecodeLimits(max_pixels=config.max_pixels)
+    common = {"spec": plan.spec, "limits": limits, "storage_options": config.storage_options}
+    ds = ray.data.read_datasource(ShardDatasource(plan.pending, config.storage_options),
+                                  override_num_blocks=len(plan.pending))
+    ds = ds.map_batches(plan_scene_windows, batch_size=1, batch_format="numpy",
+                        fn_kwargs={**common, "tiling": plan.tiling}, num_cpus=1, udf_modifying_row_count=True)
+    ds = ds.map_batches(read_windows, batch_size=config.batch_size, batch_format="numpy", fn_kwargs=common,
+                        num_cpus=1, udf_modifying_row_count=False)
+    ds = _predict(ds, config, plan, actors)
+    outputs = GeoOutputOptions(config.output, config.mask_raster, config.polygons, config.storage_options)
+    return ds.map_batches(
+        SceneMerger,
+        batch_size=config.batch_size,
+        batch_format="numpy",
+        fn_constructor_kwargs={"spec": plan.spec, "outputs": outputs},
+        compute=ray.data.ActorPoolStrategy(size=1),
+        # No CPU reserved: the merger is mostly idle between windows, and a reserved
+        # core would starve the read tasks on a small machine.
+        num_cpus=0,
+        udf_modifying_row_count=True,
+    )
+
+
+def _build_dataset(config: InferenceConfig, plan: _Plan, actors: ActorPlan):
+    import ray.data
+
+    if plan.tiling is not None:
+        return _build_tiled_dataset(config, plan, actors)
+    limits = DecodeLimits(max_pixels=config.max_pixels)
+    source = ShardDatasource(plan.pending, config.storage_options)
+    ds = ray.data.read_datasource(source, override_num_blocks=len(plan.pending))
+    ds = ds.map_batches(
+        decode_batch,
+        batch_size=config.batch_size,
+        batch_format="numpy",
+        fn_kwargs={"spec": plan.spec, "limits": limits, "storage_options": config.storage_options},
+        num_cpus=1,
+        udf_modifying_row_count=False,
+    )
+    ds = _predict(ds, config, plan, actors)
     return ds.map_batches(
         encode_batch,
         batch_size=config.batch_size,

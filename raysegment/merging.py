@@ -65,6 +65,7 @@ class _Merger:
         dtype: DTypeLike = np.float32,
         fill_value: float = 0.0,
         sigma_scale: float = 0.125,
+        margin: int | tuple[int, ...] = 0,
     ) -> None:
         if channels < 1:
             raise ValueError(f"channels must be positive, got {channels}")
@@ -77,11 +78,16 @@ class _Merger:
         self.mode = mode
         self.sigma_scale = sigma_scale
         self.fill_value = fill_value
+        self.margin = (int(margin),) * plan.ndim if isinstance(margin, int) else tuple(int(m) for m in margin)
+        if len(self.margin) != plan.ndim or any(m < 0 or 2 * m > o for m, o in zip(self.margin, plan.overlap)):
+            raise ValueError(f"margin {margin} must be in [0, overlap/2] on every axis (overlap {plan.overlap})")
         self._arrived = np.zeros(len(plan), dtype=bool)
         self._finished = False
 
-    def _accept(self, window: Window, logits: np.ndarray | None = None) -> np.ndarray | None:
-        """Validate an arrival; return the window's blend weights when it has logits."""
+    def _accept(
+        self, window: Window, logits: np.ndarray | None = None, mask: np.ndarray | None = None
+    ) -> np.ndarray | None:
+        """Validate an arrival; return the window's blend weights (zero outside ``mask``) when it has logits."""
         if self._finished:
             raise RuntimeError("merger is already finalized")
         if not 0 <= window.index < len(self.plan) or self.plan.windows[window.index] != window:
@@ -93,7 +99,35 @@ class _Merger:
         expected = (self.channels, *window.size)
         if logits.shape != expected:
             raise ValueError(f"window {window.index} logits have shape {logits.shape}, expected {expected}")
-        return blend_weights(window.size, self.plan.overlap, self.mode, self.sigma_scale)
+        weights = blend_weights(window.size, self.plan.overlap, self.mode, self.sigma_scale)
+        if any(self.margin):
+            weights = weights * self._trim(window)
+        if mask is None:
+            return weights
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != window.size:
+            raise ValueError(f"window {window.index} mask has shape {mask.shape}, expected {window.size}")
+        return weights * mask
+
+    def _trim(self, window: Window) -> np.ndarray:
+        """0 within ``margin`` of each border the window shares with another window, else 1.
+
+        A model's prediction near a window border lacks context (and, with padding,
+        sees made-up pixels). Dropping it there (the U-Net paper's overlap-tile
+        strategy) leaves only predictions at least ``margin`` inside some window; a
+        model whose receptive field reaches less than ``margin`` then gives exactly
+        its untiled result. The scene's own edges are kept: they are edges untiled too.
+        """
+        out = np.ones(window.size, dtype=np.float32)
+        for axis, (start, stop, m) in enumerate(zip(window.start, window.stop, self.margin)):
+            index = [slice(None)] * len(window.size)
+            if start > 0 and m:
+                index[axis] = slice(0, m)
+                out[tuple(index)] = 0
+            if stop < self.plan.shape[axis] and m:
+                index[axis] = slice(window.size[axis] - m, None)
+                out[tuple(index)] = 0
+        return out
 
     @property
     def arrived(self) -> int:
@@ -126,15 +160,16 @@ class ArrayMerger(_Merger):
         dtype: DTypeLike = np.float32,
         fill_value: float = 0.0,
         sigma_scale: float = 0.125,
+        margin: int | tuple[int, ...] = 0,
     ) -> None:
-        super().__init__(plan, channels, mode, dtype, fill_value, sigma_scale)
+        super().__init__(plan, channels, mode, dtype, fill_value, sigma_scale, margin)
         self._sums = np.zeros((channels, *plan.shape), dtype=self.dtype)
         self._weights = np.zeros(plan.shape, dtype=self.dtype)
 
-    def aggregate(self, window: Window, logits: np.ndarray) -> None:
-        """Add one window's (K, *window.size) logits."""
+    def aggregate(self, window: Window, logits: np.ndarray, mask: np.ndarray | None = None) -> None:
+        """Add one window's (K, *window.size) logits; pixels outside ``mask`` (nodata) get no weight."""
         logits = np.asarray(logits)
-        w = self._accept(window, logits)
+        w = self._accept(window, logits, mask)
         region = window.slices()
         self._sums[(slice(None), *region)] += logits * w
         self._weights[region] += w
@@ -181,8 +216,9 @@ class StripMerger(_Merger):
         fill_value: float = 0.0,
         sigma_scale: float = 0.125,
         max_pending_rows: int | None = None,
+        margin: int | tuple[int, ...] = 0,
     ) -> None:
-        super().__init__(plan, channels, mode, dtype, fill_value, sigma_scale)
+        super().__init__(plan, channels, mode, dtype, fill_value, sigma_scale, margin)
         if max_pending_rows is not None and max_pending_rows < plan.tile[0]:
             raise ValueError(f"max_pending_rows {max_pending_rows} is below one tile ({plan.tile[0]} rows)")
         self.max_pending_rows = max_pending_rows
@@ -218,10 +254,13 @@ class StripMerger(_Merger):
         self._sums, self._weights = sums, weights
         self.peak_buffered_rows = max(self.peak_buffered_rows, rows)
 
-    def aggregate(self, window: Window, logits: np.ndarray) -> list[Strip]:
-        """Add one window's (K, *window.size) logits; return the strips this completes (often none)."""
+    def aggregate(self, window: Window, logits: np.ndarray, mask: np.ndarray | None = None) -> list[Strip]:
+        """Add one window's (K, *window.size) logits; return the strips this completes (often none).
+
+        Pixels outside ``mask`` (nodata) get no weight: where no window has them they stay uncovered.
+        """
         logits = np.asarray(logits)
-        w = self._accept(window, logits)
+        w = self._accept(window, logits, mask)
         r0, r1 = window.start[0], window.stop[0]
         self._grow(r1)  # may raise; nothing has changed yet
         rows = slice(r0 - self._base, r1 - self._base)

@@ -30,6 +30,10 @@ __all__ = ["OutputError", "OutputRoot", "RunManifest", "read_output"]
 
 MANIFEST = "_raysegment.json"
 SUCCESS = "_SUCCESS"
+#: Per-scene files of tiled runs (``--mask-raster``, ``--polygons``). The leading underscore
+#: keeps them out of a Parquet dataset read of the output root (pyarrow, pandas, Ray skip it).
+MASKS_FOLDER, POLYGONS_FOLDER = "_masks", "_polygons"
+SIDECAR_FOLDERS = (MASKS_FOLDER, POLYGONS_FOLDER)
 
 
 class OutputError(ValueError):
@@ -45,6 +49,7 @@ class RunManifest:
     shard_size: int
     listing_sha256: str
     model: dict[str, Any]
+    tiling: dict[str, Any] | None = None  # the tiling of a tiled run (tile, overlap, blend, ...), else None
     schema_version: str = SCHEMA_VERSION
     raysegment_version: str = __version__
 
@@ -55,6 +60,7 @@ class RunManifest:
             "shard_size": self.shard_size,
             "listing_sha256": self.listing_sha256,
             "model": self.model,
+            "tiling": self.tiling,
             "schema_version": self.schema_version,
         }
 
@@ -118,7 +124,7 @@ class OutputRoot:
 
     def _clear(self, entries: list[str]) -> None:
         for name in entries:
-            if name.startswith("part-") or name in (MANIFEST, SUCCESS, STAGING):
+            if name.startswith("part-") or name in (MANIFEST, SUCCESS, STAGING, *SIDECAR_FOLDERS):
                 self.fs.rm(self.join(name), recursive=True)
 
     def clear_staging(self, shard_ids: Sequence[int]) -> None:

@@ -199,6 +199,12 @@ class SegmentationModel:
     #: The smallest configuration that still exercises every part of the architecture; used by
     #: ``raysegment models check``, the end-to-end test over every model, and the docs.
     smoke_params: ClassVar[Mapping[str, Any]] = {}
+    #: Default window of tiled sliding-window inference, one size per spatial axis ((H, W), or
+    #: (D, H, W) for volumes). None: images run whole unless ``--tile`` is given. Volume models
+    #: must set it, since volumes always run tiled (a volume smaller than the tile is one window).
+    default_tile: ClassVar[tuple[int, ...] | None] = None
+    #: Default overlap of neighbouring windows, pixels per axis; None means a quarter of the tile.
+    default_overlap: ClassVar[tuple[int, ...] | None] = None
 
     REQUIRED_PARAMS: ClassVar[tuple[str, ...]] = ("in_channels", "num_classes")
 
@@ -289,6 +295,19 @@ class SegmentationModel:
             labels = labels.to(torch.uint8 if logits.shape[1] <= 256 else torch.int32)
         return {"labels": labels, "confidence": conf.to(torch.float16)}
 
+    def logits(self, output: Any) -> torch.Tensor:
+        """The (B, K, *spatial) logits that tiled inference blends across windows.
+
+        The default takes the module's output as it is, or the first element of a
+        ``(main, aux...)`` tuple. ``reduce`` later turns the blended logits of each
+        finished strip into labels, so a plugin keeps one definition of its masks.
+        """
+        if isinstance(output, (tuple, list)):
+            output = output[0]
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"forward returned {type(output).__name__}; override logits() to pick the logits")
+        return output
+
     def postprocess(self, reduced: Mapping[str, np.ndarray], sample_meta: Mapping[str, Any]) -> Prediction:
         """One item's reduced arrays -> a :data:`Prediction` at the input's size."""
         labels = reduced["labels"]
@@ -339,6 +358,10 @@ class SegmentationModel:
     def example_input(self, height: int = 64, width: int = 64, seed: int = 0) -> Sample:
         """A synthetic sample of this model's modality, for conformance checks."""
         rng = np.random.default_rng(seed)
+        if self.modality is Modality.VOLUME:  # (D, H, W, C), depth taken equal to the height
+            data = rng.integers(0, 256, size=(height, height, width, self.in_channels), dtype=np.uint8)
+            meta = {"depth": height, "height": height, "width": width}
+            return Sample(data=data, uri=f"synthetic://{seed}", meta=meta)
         data = rng.integers(0, 256, size=(height, width, self.in_channels), dtype=np.uint8)
         return Sample(data=data, uri=f"synthetic://{seed}", meta={"height": height, "width": width})
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-__all__ = ["SCHEMA_VERSION", "SEGMENT", "MODEL", "OUTPUT_SCHEMA", "empty_table"]
+__all__ = ["SCHEMA_VERSION", "SEGMENT", "MODEL", "OUTPUT_SCHEMA", "SCENE_COLUMNS", "empty_table"]
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 SEGMENT = pa.struct(
     [
@@ -19,7 +19,8 @@ SEGMENT = pa.struct(
         pa.field("score", pa.float32()),
         pa.field("bbox", pa.list_(pa.float32(), 4)),  # x, y, w, h in pixels
         pa.field("area", pa.int64()),
-        pa.field("counts", pa.string()),  # COCO compressed RLE for size [height, width]
+        pa.field("counts", pa.string()),  # COCO compressed RLE for size [height, width]; null for volumes
+        pa.field("slice_counts", pa.list_(pa.string())),  # volumes: one RLE per depth slice; null for 2D
     ]
 )
 
@@ -45,9 +46,21 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("model", MODEL),
         pa.field("segments", pa.list_(SEGMENT)),
         pa.field("meta", pa.string()),  # modality-specific source facts, JSON
+        # -- scenes and volumes (tiled inference); null where the source has no such facts --
+        pa.field("depth", pa.int32()),  # volumes: slices along the first scene axis
+        pa.field("crs", pa.string()),  # "EPSG:n" or WKT
+        pa.field("transform", pa.list_(pa.float64(), 6)),  # affine a, b, c, d, e, f (pixel -> CRS)
+        pa.field("bounds", pa.list_(pa.float64(), 4)),  # left, bottom, right, top in CRS units
+        pa.field("nodata", pa.float64()),
+        pa.field("affine", pa.list_(pa.float64(), 16)),  # volumes: voxel (i, j, k) -> world, row-major 4x4
+        pa.field("spacing", pa.list_(pa.float64(), 3)),  # volumes: voxel size along (depth, height, width)
     ],
     metadata={"raysegment.schema_version": SCHEMA_VERSION},
 )
+
+
+#: Columns only tiled scenes and volumes fill.
+SCENE_COLUMNS = ("depth", "crs", "transform", "bounds", "nodata", "affine", "spacing")
 
 
 def empty_table() -> pa.Table:

@@ -25,7 +25,7 @@ from raysegment.masks import segments_from_prediction
 from raysegment.model_spec import ModelSpec
 from raysegment.payload import pack, unpack
 from raysegment.plugin import InputError
-from raysegment.schema import OUTPUT_SCHEMA
+from raysegment.schema import OUTPUT_SCHEMA, SCENE_COLUMNS
 from raysegment.sources import read_bytes, redact
 
 __all__ = ["PredictOptions", "decode_batch", "Predictor", "encode_batch", "describe_error", "pad_to_multiple"]
@@ -94,18 +94,20 @@ class PredictOptions:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
     channels_last: bool = False
     threads: int | None = None  # torch intra-op threads on CPU; None = leave as is
+    #: Tiled windows: return each item's float32 ``logits`` cropped to its window, for the
+    #: fan-in to blend, instead of ``reduce``'s labels.
+    tiled: bool = False
 
 
 def pad_to_multiple(image: np.ndarray, divisor: int) -> np.ndarray:
-    """Pad the trailing two axes up to a multiple of ``divisor`` (reflect); postprocess crops back."""
+    """Pad the spatial axes of a channels-first (C, H, W) or (C, D, H, W) array up to a multiple
+    of ``divisor`` (reflect); the caller crops back."""
     if divisor <= 1:
         return image
-    pads = [(0, 0)] * (image.ndim - 2)
-    for size in image.shape[-2:]:
-        pads.append((0, (-size) % divisor))
+    pads = [(0, 0)] + [(0, (-size) % divisor) for size in image.shape[1:]]
     if all(p == (0, 0) for p in pads):
         return image
-    return np.pad(image, pads, mode="reflect" if min(image.shape[-2:]) > 1 else "edge")
+    return np.pad(image, pads, mode="reflect" if min(image.shape[1:]) > 1 else "edge")
 
 
 class Predictor:
@@ -139,7 +141,7 @@ class Predictor:
         dtype = torch.bfloat16 if self.options.precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def _run(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    def _run(self, images: list[np.ndarray], sizes: list[tuple[int, ...]]) -> list[dict[str, np.ndarray]]:
         torch = self.torch
         host = torch.from_numpy(np.stack(images))
         if self.device.type == "cuda":
@@ -148,7 +150,12 @@ class Predictor:
         if self.options.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
-            reduced = self.plugin.reduce(self.plugin.forward(self.module, x))
+            output = self.plugin.forward(self.module, x)
+            if self.options.tiled:
+                logits = self.plugin.logits(output).float().cpu().numpy()
+                crops = [(slice(None), *(slice(0, n) for n in size)) for size in sizes]
+                return [{"logits": np.ascontiguousarray(logits[i][crop])} for i, crop in enumerate(crops)]
+            reduced = self.plugin.reduce(output)
         arrays = {k: v.cpu().numpy() for k, v in reduced.items()}
         return [{k: v[i] for k, v in arrays.items()} for i in range(len(images))]
 
@@ -158,20 +165,23 @@ class Predictor:
         payload = batch["payload"].copy()
         groups: dict[tuple[int, ...], list[int]] = {}
         images: dict[int, np.ndarray] = {}
+        sizes: dict[int, tuple[int, ...]] = {}
         for i in np.flatnonzero(status == "ok"):
             try:
-                images[i] = pad_to_multiple(unpack(payload[i])["image"], self.divisor)
+                image = unpack(payload[i])["image"]
+                sizes[i] = tuple(image.shape[1:])
+                images[i] = pad_to_multiple(image, self.divisor)
                 groups.setdefault(images[i].shape, []).append(i)
             except Exception as exc:
                 status[i], error[i], payload[i] = "error", describe_error(exc), b""
         for members in groups.values():
             try:
-                results = self._run([images[i] for i in members])
+                results = self._run([images[i] for i in members], [sizes[i] for i in members])
             except Exception:
                 results = None  # isolate the bad item by running one at a time
             for j, i in enumerate(members):
                 try:
-                    out = results[j] if results is not None else self._run([images[i]])[0]
+                    out = results[j] if results is not None else self._run([images[i]], [sizes[i]])[0]
                     payload[i] = pack(out)
                 except Exception as exc:
                     status[i], error[i], payload[i] = "error", "inference failed: " + describe_error(exc), b""
@@ -230,4 +240,6 @@ def encode_batch(batch: Batch, *, spec: ModelSpec) -> pa.Table:
         rows["model"].append(model)
         rows["segments"].append(segments)
         rows["meta"].append(meta_text if meta_text else None)
+        for name in SCENE_COLUMNS:
+            rows[name].append(None)
     return pa.Table.from_pydict(rows, schema=OUTPUT_SCHEMA)

@@ -73,11 +73,24 @@ def _as_tuple(value: IntOrSeq, ndim: int, name: str) -> tuple[int, ...]:
     return (_as_int(value, name),) * ndim
 
 
-def _axis_starts(n: int, tile: int, stride: int) -> tuple[int, ...]:
-    """Window starts along one axis; the last one is shifted back to end at ``n``."""
+def _axis_starts(n: int, tile: int, stride: int, align: int = 1) -> tuple[int, ...]:
+    """Window starts along one axis; the last one is shifted back to end at ``n``.
+
+    With ``align`` > 1 every start is a multiple of it (the stride is rounded down to
+    one), so a strided model sees the same pooling grid in every window as on the
+    whole scene; the last window then starts at the multiple just before ``n - tile``
+    and runs to ``n``, up to ``align - 1`` pixels longer than the tile.
+    """
     if n <= tile:
         return (0,)
-    return (*range(0, n - tile, stride), n - tile)
+    stride = max(align, stride // align * align)
+    last = (n - tile) // align * align
+    return (*(s for s in range(0, n - tile, stride) if s < last), last)
+
+
+def _axis_sizes(n: int, starts: tuple[int, ...], tile: int) -> tuple[int, ...]:
+    """Each window's extent along one axis: the tile, except the last runs to ``n``."""
+    return (*(min(tile, n - s) for s in starts[:-1]), n - starts[-1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +99,7 @@ class Window:
 
     index: int  # position in the plan's raster order
     start: tuple[int, ...]  # per spatial axis
-    size: tuple[int, ...]  # equals the tile, except on axes where the scene is smaller
+    size: tuple[int, ...]  # the tile; the scene's extent where it is smaller; the last window may run longer (align)
 
     @property
     def stop(self) -> tuple[int, ...]:
@@ -111,10 +124,15 @@ class TilePlan:
     shape: tuple[int, ...]
     tile: tuple[int, ...]
     overlap: tuple[int, ...]
+    align: tuple[int, ...] = ()  # window starts are multiples of it per axis; () means 1
     windows: tuple[Window, ...] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         ndim = len(self.shape)
+        if not self.align:
+            object.__setattr__(self, "align", (1,) * ndim)
+        if len(self.align) != ndim or any(a < 1 for a in self.align):
+            raise ValueError(f"align must be one positive integer per axis, got {self.align}")
         if ndim not in SPATIAL_NDIMS:
             raise ValueError(f"scene shape must be 2D (H, W) or 3D (D, H, W), got {self.shape}")
         for name in ("tile", "overlap"):
@@ -128,17 +146,21 @@ class TilePlan:
             if not 0 <= o < t:
                 raise ValueError(f"overlap must be in [0, tile) on every axis, got {self.overlap} for tile {self.tile}")
         starts = [self.axis_starts(a) for a in range(ndim)]
-        size = tuple(min(n, t) for n, t in zip(self.shape, self.tile))
+        sizes = [dict(zip(st, _axis_sizes(n, st, t))) for st, n, t in zip(starts, self.shape, self.tile)]
         grid = np.stack(np.meshgrid(*starts, indexing="ij"), axis=-1).reshape(-1, ndim)  # C order
-        windows = tuple(Window(i, tuple(int(v) for v in s), size) for i, s in enumerate(grid))
+        windows = tuple(
+            Window(i, tuple(int(v) for v in s), tuple(sizes[a][int(v)] for a, v in enumerate(s)))
+            for i, s in enumerate(grid)
+        )
         object.__setattr__(self, "windows", windows)
 
     @classmethod
-    def for_shape(cls, shape: Sequence[int], tile: IntOrSeq, overlap: IntOrSeq) -> TilePlan:
-        """Plan a scene; an int ``tile`` or ``overlap`` applies to every axis."""
+    def for_shape(cls, shape: Sequence[int], tile: IntOrSeq, overlap: IntOrSeq, align: IntOrSeq = 1) -> TilePlan:
+        """Plan a scene; an int ``tile``, ``overlap`` or ``align`` applies to every axis."""
         spatial = tuple(_as_int(n, "shape") for n in shape)
         ndim = len(spatial)
-        return cls(spatial, _as_tuple(tile, ndim, "tile"), _as_tuple(overlap, ndim, "overlap"))
+        return cls(spatial, _as_tuple(tile, ndim, "tile"), _as_tuple(overlap, ndim, "overlap"),
+                   _as_tuple(align, ndim, "align"))
 
     @property
     def ndim(self) -> int:
@@ -150,7 +172,7 @@ class TilePlan:
 
     def axis_starts(self, axis: int) -> tuple[int, ...]:
         """Distinct window starts along ``axis``, increasing."""
-        return _axis_starts(self.shape[axis], self.tile[axis], self.stride[axis])
+        return _axis_starts(self.shape[axis], self.tile[axis], self.stride[axis], self.align[axis])
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -161,9 +183,9 @@ class TilePlan:
         return len(self.windows)
 
 
-def plan_windows(shape: Sequence[int], tile: IntOrSeq, overlap: IntOrSeq) -> TilePlan:
+def plan_windows(shape: Sequence[int], tile: IntOrSeq, overlap: IntOrSeq, align: IntOrSeq = 1) -> TilePlan:
     """Same as :meth:`TilePlan.for_shape`."""
-    return TilePlan.for_shape(shape, tile, overlap)
+    return TilePlan.for_shape(shape, tile, overlap, align)
 
 
 def validate_tiling(tile: IntOrSeq, overlap: IntOrSeq) -> None:

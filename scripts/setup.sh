@@ -17,7 +17,7 @@ fi
 # torch first, pinned by constraints.txt (the wheels this project is tested with)
 .venv/bin/python -m pip install --quiet -c constraints.txt torch
 # the core (editable, with test and S3 extras), then each plugin exactly as a third party installs it
-.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test,s3]"
+.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test,s3,geo,medical]"
 # in one call, so a plugin that needs the shared raysegment-backbones library finds it; deeplab
 # with its [crf] extra (pydensecrf2, built from source: needs a C++ compiler)
 PLUGINS=()

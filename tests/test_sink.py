@@ -14,10 +14,9 @@ from raysegment.sink import IncompleteOutputError, ShardedParquetSink, part_name
 
 def rows(shard: int, indices: list[int]) -> pa.Table:
     n = len(indices)
-    return pa.Table.from_pydict(
-        {"uri": [f"img-{i}.png" for i in indices], "index": indices, "shard": [shard] * n, "status": ["ok"] * n,
-         "error": [None] * n, "height": [4] * n, "width": [4] * n, "model": [None] * n, "segments": [[]] * n,
-         "meta": [None] * n},
+    return pa.Table.from_pylist(
+        [{"uri": f"img-{i}.png", "index": i, "shard": shard, "status": "ok", "height": 4, "width": 4, "segments": []}
+         for i in indices],
         schema=OUTPUT_SCHEMA,
     )
 
