@@ -124,6 +124,7 @@ class ArrayScene(SceneReader):
 
 Opener = Callable[[str, "dict[str, Any] | None", DecodeLimits], SceneReader]
 _READERS: dict[str, Opener] = {}
+_BUILTINS_LOADED = False
 
 
 def register_scene_reader(extensions: tuple[str, ...], opener: Opener) -> None:
@@ -160,8 +161,10 @@ def open_scene(
     Formats without a windowed reader fall back to the whole-image decoders of
     ``modality`` (then ``limits`` applies, as for untiled input).
     """
-    if not _READERS:
+    global _BUILTINS_LOADED
+    if not _BUILTINS_LOADED:
         _load_builtin_readers()
+        _BUILTINS_LOADED = True
     opener = _READERS.get(scene_extension(uri))
     if opener is not None:
         return opener(uri, storage_options, limits)
