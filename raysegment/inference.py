@@ -13,6 +13,7 @@ Memory is bounded by Ray Data's streaming backpressure, not dataset size.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -135,7 +136,7 @@ def _plan(config: InferenceConfig) -> _Plan:
         shard_size=config.shard_size,
         listing_sha256=listing_digest(uris),
         model=spec.info(),
-        tiling=dataclasses.asdict(tiling) if tiling else None,
+        tiling=json.loads(json.dumps(dataclasses.asdict(tiling))) if tiling else None,  # as stored: lists
     )
     root.prepare(manifest, resume=config.resume, overwrite=config.overwrite)
     done = root.committed(shards) if config.resume else set()

@@ -119,7 +119,7 @@ class OutputRoot:
             if old.get(key) != value:
                 raise OutputError(
                     f"cannot --resume {self.shown}: its {key.replace('_', ' ')} differs from this run's; "
-                    "use the same input, shard size and model, or --overwrite"
+                    "use the same input, shard size, model and tiling, or --overwrite"
                 )
 
     def _clear(self, entries: list[str]) -> None:

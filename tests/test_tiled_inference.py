@@ -250,3 +250,39 @@ def test_bad_tiling_options_are_one_line_errors(extra: list[str], message: str, 
     assert "Traceback" not in result.output
     lines = [line for line in result.output.splitlines() if line.startswith("error") or "Error" in line]
     assert len(lines) == 1
+
+
+def test_scenes_stream_from_s3_and_outputs_land_on_s3(s3_bucket: str, checkpoint: str, ray_local) -> None:
+    """Range reads of a GeoTIFF through s3fs (moto), Parquet and the COG mask written back to S3."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    fs.put(str(LANDSAT), f"{s3_bucket}/scenes/landsat.tif")
+    out = f"s3://{s3_bucket}/out"
+    result = _infer(["infer", f"s3://{s3_bucket}/scenes/", out, "-c", checkpoint, "--tile", "256", "--overlap", "64",
+                     "--mask-raster"])
+    assert result.exit_code == 0, result.output
+    (row,) = read_output(out).to_pylist()
+    assert row["uri"] == f"s3://{s3_bucket}/scenes/landsat.tif" and row["crs"] == "EPSG:32618"
+    with rasterio.open(LANDSAT) as src:
+        assert tuple(row["transform"]) == tuple(src.transform)[:6]
+    mask = json.loads(row["meta"])["files"]["mask_raster"]
+    with fs.open(f"{s3_bucket}/out/{mask}", "rb") as f, rasterio.open(f) as cog:
+        assert cog.crs.to_epsg() == 32618 and (cog.height, cog.width) == (row["height"], row["width"])
+        labels = cog.read(1)
+    want = row_label_map(row)
+    assert np.array_equal(labels[want >= 0], want[want >= 0])
+
+
+def test_resume_refuses_another_tiling_and_redoes_nothing(scenes: Path, checkpoint: str, ray_local,
+                                                          tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(scenes / "b-small.png", folder / "b-small.png")
+    out = tmp_path / "out"
+    args = ["infer", str(folder), str(out), "-c", checkpoint, "--tile", "64", "--overlap", "16"]
+    assert _infer(args).exit_code == 0
+    again = _infer([*args, "--resume"])
+    assert again.exit_code == 0 and "rows written 0" in again.output
+    other = CliRunner().invoke(main, [*args[:-1], "8", "--resume"])
+    assert other.exit_code == 1 and "tiling differs" in other.output
