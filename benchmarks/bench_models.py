@@ -103,7 +103,11 @@ def main() -> None:
 
     from raysegment.registry import get_registry
 
-    names = args.models or sorted(get_registry().plugins)
+    from raysegment.plugin import Modality
+
+    registry = get_registry()
+    # 2D images only: volume models (unet3d) run as 3D sliding windows, see bench_tiled.py.
+    names = args.models or sorted(n for n, i in registry.plugins.items() if i.cls.modality is not Modality.VOLUME)
     machine = (f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
                f"Python {platform.python_version()}")
     print(f"machine: {machine}; {args.size}x{args.size}, batch {args.batch}, {torch.get_num_threads()} threads")

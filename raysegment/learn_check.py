@@ -6,7 +6,8 @@ a detached branch or a frozen head passes conformance but plateaus here. The
 set is four ISBI-2012 EM slices (membrane vs cell), scaled down so that every
 model in the zoo runs it in seconds on a CPU, their grey band repeated to the
 model's ``in_channels``; or, for models that predict on a coarse grid, three
-VOC photos (object vs background).
+VOC photos (object vs background); or, for volume models, two MSD hippocampus
+MRI volumes cropped to a small cube (background, anterior, posterior).
 """
 
 from __future__ import annotations
@@ -22,10 +23,14 @@ import torch
 from raysegment.plugin import Sample, SegmentationModel
 from raysegment.registry import get_registry
 
-__all__ = ["shared_data_dir", "tiny_em_set", "tiny_voc_set", "learning_curve", "ModelLearns"]
+__all__ = ["shared_data_dir", "tiny_em_set", "tiny_voc_set", "tiny_hippocampus_set", "class_prior_loss",
+           "learning_curve", "ModelLearns"]
 
 EM_DATASET = "isbi2012_em_membrane"
 VOC_DATASET = "labelme_voc_instance_coco"
+HIPPOCAMPUS_DATASET = "msd_task04_hippocampus"
+#: float32 cases (intensities up to ~4200; three other cases are uint8 with another range)
+HIPPOCAMPUS_CASES = ("hippocampus_003", "hippocampus_004", "hippocampus_006", "hippocampus_007")
 
 
 def shared_data_dir() -> Path | None:
@@ -83,13 +88,64 @@ def tiny_voc_set(size: int = 64, root: Path | None = None) -> tuple[np.ndarray, 
     return np.stack(images), np.stack(targets)
 
 
+def _crop_or_pad(volume: np.ndarray, size: int) -> np.ndarray:
+    """Centre crop (or zero-pad) every axis of ``volume`` to ``size``."""
+    out = volume
+    for axis, n in enumerate(volume.shape):
+        if n >= size:
+            start = (n - size) // 2
+            out = np.take(out, range(start, start + size), axis=axis)
+        else:
+            pad = [(0, 0)] * out.ndim
+            pad[axis] = ((size - n) // 2, size - n - (size - n) // 2)
+            out = np.pad(out, pad)
+    return out
+
+
+def tiny_hippocampus_set(n: int = 2, size: int = 32, root: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` MSD hippocampus MRI volumes as (n, size, size, size) float32 images (scene axes (k, j, i))
+    and int64 targets (0 background, 1 anterior, 2 posterior), centre-cropped to ``size`` per axis.
+
+    Read through the NIfTI scene reader, as the pipeline reads them; needs nibabel.
+    """
+    from raysegment.scene_nifti import open_nifti_scene
+    from raysegment.tiling import Window
+
+    base = (root or shared_data_dir() or Path("/nonexistent")) / HIPPOCAMPUS_DATASET
+    if not (base / "imagesTr").is_dir() or n > len(HIPPOCAMPUS_CASES):
+        raise FileNotFoundError(f"hippocampus volumes not found under {base}")
+    images, targets = [], []
+    for case in HIPPOCAMPUS_CASES[:n]:
+        pair = []
+        for folder in ("imagesTr", "labelsTr"):
+            with open_nifti_scene(str(base / folder / f"{case}.nii.gz")) as scene:
+                whole = scene.read(Window(0, (0, 0, 0), scene.info.shape))[..., 0]
+            pair.append(_crop_or_pad(whole, size))
+        images.append(pair[0].astype(np.float32))
+        targets.append(np.rint(pair[1]).astype(np.int64))
+    return np.stack(images), np.stack(targets)
+
+
+def class_prior_loss(targets: np.ndarray, ignore_index: int = 255) -> float:
+    """Cross-entropy of predicting the class frequencies everywhere: what a model that ignores its input reaches."""
+    values = targets[targets != ignore_index]
+    freq = np.bincount(values.ravel()) / max(values.size, 1)
+    freq = freq[freq > 0]
+    return float(-(freq * np.log(freq)).sum())
+
+
 def learning_curve(model: SegmentationModel, images: np.ndarray, targets: np.ndarray, *, steps: int = 30,
                    lr: float = 1e-3, seed: int = 0) -> list[float]:
-    """Adam on one fixed batch; the loss at every step. Inputs go through the plugin's own ``preprocess``."""
+    """Adam on one fixed batch; the loss at every step. Inputs go through the plugin's own ``preprocess``.
+
+    ``images`` is (N, H, W) or, for volume models, (N, D, H, W); the one band is repeated to
+    ``in_channels``.
+    """
     torch.manual_seed(seed)
+    names = ("depth", "height", "width")[-(images.ndim - 1):]
     x = torch.from_numpy(np.stack([
-        model.preprocess(Sample(data=np.repeat(img[:, :, None], model.in_channels, axis=2),
-                                meta={"height": img.shape[0], "width": img.shape[1]}))
+        model.preprocess(Sample(data=np.repeat(img[..., None], model.in_channels, axis=-1),
+                                meta=dict(zip(names, img.shape))))
         for img in images
     ]))
     y = torch.from_numpy(np.stack([model.encode_target(t) for t in targets]))
@@ -119,9 +175,16 @@ class ModelLearns:
     size: ClassVar[int] = 64
     #: the mean loss of the last 5 steps must fall below this fraction of the first step's loss
     max_ratio: ClassVar[float] = 0.7
-    #: "em" (thin membranes) or "voc" (three photos, object vs background: large shapes that
-    #: coarse-grid models can draw)
+    #: "em" (thin membranes), "voc" (three photos, object vs background: large shapes that
+    #: coarse-grid models can draw) or "hippocampus" (volume models: two MRI volumes, 3 classes,
+    #: ``size`` voxels per axis)
     dataset: ClassVar[str] = "em"
+    #: how many hippocampus volumes to fit (the dataset "hippocampus" only)
+    volumes: ClassVar[int] = 2
+    #: when set, the same tail must also fall below this fraction of the class-prior loss (the
+    #: cross-entropy of the best constant prediction): with 90% background, as in the hippocampus
+    #: crops, learning the class frequencies alone already passes ``max_ratio``
+    max_prior_ratio: ClassVar[float | None] = None
 
     def test_learns(self) -> None:
         import pytest
@@ -129,7 +192,11 @@ class ModelLearns:
         if self.model_name is None:
             raise TypeError(f"{type(self).__name__} must set model_name")
         try:
-            images, targets = (tiny_voc_set if self.dataset == "voc" else tiny_em_set)(size=self.size)
+            if self.dataset == "hippocampus":
+                pytest.importorskip("nibabel", reason="the hippocampus volumes need nibabel (raysegment[medical])")
+                images, targets = tiny_hippocampus_set(self.volumes, size=self.size)
+            else:
+                images, targets = (tiny_voc_set if self.dataset == "voc" else tiny_em_set)(size=self.size)
         except FileNotFoundError as exc:
             pytest.skip(f"{exc} (../shared/data is checked out beside the repo in CI)")
         model = get_registry().create(self.model_name, dict(self.params))
@@ -143,3 +210,9 @@ class ModelLearns:
             f"{self.model_name} did not learn: loss {losses[0]:.4f} -> {tail:.4f} (mean of last 5) in "
             f"{self.steps} Adam steps, lr {self.lr}; need < {self.max_ratio:.2f}x"
         )
+        if self.max_prior_ratio is not None:
+            prior = class_prior_loss(targets, model.ignore_index)
+            assert tail < self.max_prior_ratio * prior, (
+                f"{self.model_name} learned little beyond the class frequencies: loss {tail:.4f} (mean of last 5) "
+                f"vs {prior:.4f} for the best constant prediction; need < {self.max_prior_ratio:.2f}x"
+            )

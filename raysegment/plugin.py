@@ -328,7 +328,10 @@ class SegmentationModel:
         target = np.asarray(mask)
         if target.ndim == 3:
             target = target[..., 0]
-        target = target.astype(np.int64)
+        return self.check_target_values(target.astype(np.int64))
+
+    def check_target_values(self, target: np.ndarray) -> np.ndarray:
+        """Refuse class indices outside ``[0, max(num_classes, 2))`` other than ``ignore_index``."""
         top = max(self.num_classes, 2)
         bad = (target < 0) | ((target >= top) & (target != self.ignore_index))
         if bad.any():

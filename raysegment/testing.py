@@ -6,6 +6,10 @@ and tiny synthetic inputs, in pipeline order, and say which promise broke:
 ``assert_conforms("unet", {"depth": 2})``, ``raysegment models check unet``, or
 one pytest test per check by subclassing :class:`ModelConformance` in a
 plugin's tests. pytest is never imported here, so the CLI works without it.
+
+Volume models (``Modality.VOLUME``) run the same checks on ``(D, H, W, C)`` samples
+with three distinct sizes (so a swapped axis shows), padded on all three axes;
+their masks are checked slice by slice where the output encoding is 2D (RLE).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from torch import nn
 
 from raysegment.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from raysegment.masks import row_label_map, row_masks, segments_from_prediction
-from raysegment.plugin import InputError, InstancePrediction, Prediction, Sample, SegmentationModel
+from raysegment.plugin import InputError, InstancePrediction, Modality, Prediction, Sample, SegmentationModel
 from raysegment.plugin import SemanticPrediction, Task
 from raysegment.registry import UnknownModelError, contract_violations, get_registry
 from raysegment.stages import pad_to_multiple, describe_error
@@ -60,16 +64,21 @@ class _Context:
     """What earlier checks made for later ones (a check runs only when its needs passed)."""
 
     module: nn.Module  # from ``build``, in eval mode
-    batch: torch.Tensor  # (2, C, H, W), from ``forward_shapes``
+    batch: torch.Tensor  # (2, C, *spatial), from ``forward_shapes``
     reduced: dict[str, torch.Tensor]  # reduce() of ``batch``
     sample: Sample  # item 0 of ``batch``
     prediction: Prediction  # postprocess() of item 0
 
     def __init__(self, model: SegmentationModel, size: int | None) -> None:
         self.divisor = d = int(getattr(model, "size_divisor", 1) or 1)
-        base = max(32, 2 * d) if size is None else max(int(size), 1)
+        self.volume = model.modality is Modality.VOLUME
+        floor = 16 if self.volume else 32  # a 16^3 volume already holds 4096 voxels
+        base = max(floor, 2 * d) if size is None else max(int(size), 1)
         self.height = -(-base // d) * d
         self.width = self.height + d  # H != W, so a transposed mask cannot pass
+        # Volumes: D < H < W where the size allows, all multiples of the divisor.
+        self.depth = self.height - d if self.height > d else self.height
+        self.spatial = (self.depth, self.height, self.width) if self.volume else (self.height, self.width)
 
 
 def _run(model: SegmentationModel, module: nn.Module, batch: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -88,10 +97,26 @@ def _label_bound(model: SegmentationModel) -> int:
     return max(model.num_classes, 2)
 
 
+def _example(model: SegmentationModel, ctx: _Context, spatial: tuple[int, ...], seed: int) -> Sample:
+    """``model.example_input`` at ``spatial``; a volume's depth (example_input makes it equal to
+    the height) is cut to ``spatial[0]``, so that D, H and W differ."""
+    sample = model.example_input(spatial[-2], spatial[-1], seed=seed)
+    if not ctx.volume:
+        return sample
+    depth = spatial[0]
+    _require(np.ndim(sample.data) == 4 and sample.data.shape[0] >= depth,
+             f"example_input() of a volume model gave shape {np.shape(sample.data)}, expected (D, H, W, C)")
+    return Sample(np.ascontiguousarray(sample.data[:depth]), sample.uri, {**sample.meta, "depth": depth})
+
+
 def _batch(model: SegmentationModel, ctx: _Context) -> torch.Tensor:
-    samples = [model.example_input(ctx.height, ctx.width, seed=s) for s in (0, 1)]
+    samples = [_example(model, ctx, ctx.spatial, seed=s) for s in (0, 1)]
     ctx.sample = samples[0]
     return torch.from_numpy(np.stack([model.preprocess(s) for s in samples]))
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "x".join(str(n) for n in shape)
 
 
 # -- the checks, in pipeline order ------------------------------------------------------------
@@ -125,8 +150,30 @@ def contract(model: SegmentationModel, ctx: _Context) -> str | None:
     divisor = getattr(model, "size_divisor", 1)
     if not isinstance(divisor, int) or isinstance(divisor, bool) or divisor < 1:
         problems.append(f"size_divisor must be a positive int, got {divisor!r}")
+    problems += _tile_problems(model)
     _require(not problems, "; ".join(problems))
     return f"{model.task.value}/{model.modality.value}, {model.num_classes} class(es)"
+
+
+def _tile_problems(model: SegmentationModel) -> list[str]:
+    """``default_tile``/``default_overlap``: one positive int per spatial axis; volume models must set a tile."""
+    ndim = 3 if model.modality is Modality.VOLUME else 2
+    tile, overlap = model.default_tile, model.default_overlap
+    if tile is None:
+        return ["a volume model must set default_tile (volumes always run tiled)"] if ndim == 3 else []
+
+    def ints(value: Any) -> bool:
+        return (isinstance(value, tuple) and len(value) == ndim
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
+
+    if not ints(tile) or min(tile) < 1:
+        return [f"default_tile must be a tuple of {ndim} positive ints, got {tile!r}"]
+    if overlap is not None and (not ints(overlap) or any(not 0 <= o < t for o, t in zip(overlap, tile))):
+        return [f"default_overlap must be None or {ndim} ints in [0, tile), got {overlap!r} for tile {tile!r}"]
+    divisor = getattr(model, "size_divisor", 1)
+    if isinstance(divisor, int) and divisor > 1 and any(t % divisor for t in tile):
+        return [f"default_tile {tile} is not a multiple of size_divisor {divisor} on every axis"]
+    return []
 
 
 @_check("contract")
@@ -141,13 +188,14 @@ def build(model: SegmentationModel, ctx: _Context) -> str | None:
 
 @_check("contract")
 def preprocess(model: SegmentationModel, ctx: _Context) -> str | None:
-    h, w, c = ctx.height, ctx.width, model.in_channels
-    sample = model.example_input(h, w, seed=0)
+    c = model.in_channels
+    sample = _example(model, ctx, ctx.spatial, seed=0)
     x = model.preprocess(sample)
     _require(isinstance(x, np.ndarray), f"preprocess() returned {type(x).__name__}, not a numpy array")
     _require(x.dtype == np.float32, f"preprocess() returned dtype {x.dtype}, expected float32")
-    _require(x.ndim >= 3 and x.shape[0] == c and x.shape[-2:] == (h, w),
-             f"preprocess() returned shape {x.shape}, expected ({c}, {h}, {w})")
+    want = (c, *ctx.spatial)
+    _require(x.shape == want if ctx.volume else (x.ndim >= 3 and x.shape[0] == c and x.shape[-2:] == want[1:]),
+             f"preprocess() returned shape {x.shape}, expected {want}")
     _require(np.isfinite(x).all(), "preprocess() output holds NaN or inf")
     wrong = Sample(np.concatenate([sample.data, sample.data[..., :1]], axis=-1), sample.uri, dict(sample.meta))
     try:
@@ -170,7 +218,7 @@ def forward_shapes(model: SegmentationModel, ctx: _Context) -> str | None:
                  f"reduce()[{key!r}] has shape {tuple(v.shape)}, expected the batch of 2 first")
     if model.task is Task.SEMANTIC:
         _require("labels" in reduced, f"reduce() of a semantic model lacks 'labels' (keys: {sorted(reduced)})")
-        labels, want = reduced["labels"], (2, ctx.height, ctx.width)
+        labels, want = reduced["labels"], (2, *ctx.spatial)
         _require(tuple(labels.shape) == want, f"reduce()['labels'] has shape {tuple(labels.shape)}, expected {want}")
         _require(not (labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool),
                  f"reduce()['labels'] has dtype {labels.dtype}, expected an integer type")
@@ -192,8 +240,8 @@ def determinism(model: SegmentationModel, ctx: _Context) -> str | None:
     return "two eval runs identical"
 
 
-def _check_prediction(model: SegmentationModel, pred: Any, height: int, width: int, hook: str) -> str:
-    """``pred`` is a Prediction of the task's kind, at exactly ``height`` x ``width``."""
+def _check_prediction(model: SegmentationModel, pred: Any, spatial: tuple[int, ...], hook: str) -> str:
+    """``pred`` is a Prediction of the task's kind, at exactly the ``spatial`` size ((H, W) or (D, H, W))."""
     kinds = (SemanticPrediction,) if model.task is Task.SEMANTIC else (SemanticPrediction, InstancePrediction)
     _require(isinstance(pred, kinds), f"{hook} returned {type(pred).__name__}, expected {kinds[-1].__name__}")
     if isinstance(pred, SemanticPrediction):
@@ -201,11 +249,11 @@ def _check_prediction(model: SegmentationModel, pred: Any, height: int, width: i
         if pred.confidence is not None:
             shapes["confidence"] = np.shape(pred.confidence)
         for key, shape in shapes.items():
-            _require(shape == (height, width), f"{hook} gave {key} of shape {shape}, expected {(height, width)}")
+            _require(shape == spatial, f"{hook} gave {key} of shape {shape}, expected {spatial}")
         return f"labels {shapes['labels']}"
     shape = np.shape(pred.masks)
-    _require(len(shape) == 3 and shape[1:] == (height, width),
-             f"{hook} gave masks of shape {shape}, expected (N, {height}, {width})")
+    _require(len(shape) == 1 + len(spatial) and shape[1:] == spatial,
+             f"{hook} gave masks of shape {shape}, expected (N, {', '.join(map(str, spatial))})")
     _require(len(pred.labels) == len(pred.scores) == shape[0],
              f"{hook} gave {shape[0]} masks, {len(pred.labels)} labels and {len(pred.scores)} scores")
     return f"{shape[0]} masks {shape[1:]}"
@@ -214,17 +262,35 @@ def _check_prediction(model: SegmentationModel, pred: Any, height: int, width: i
 @_check("forward_shapes")
 def reduce_postprocess(model: SegmentationModel, ctx: _Context) -> str | None:
     pred = model.postprocess(_item(ctx.reduced, 0), dict(ctx.sample.meta))
-    note = _check_prediction(model, pred, ctx.height, ctx.width, "postprocess()")
+    note = _check_prediction(model, pred, ctx.spatial, "postprocess()")
     ctx.prediction = pred
     return note
+
+
+def _depth_slices(pred: Prediction) -> list[Prediction]:
+    """A volume prediction as one 2D prediction per depth slice (the 2D RLE encodes slices)."""
+    if isinstance(pred, SemanticPrediction):
+        conf = pred.confidence
+        return [SemanticPrediction(np.asarray(pred.labels)[z], None if conf is None else np.asarray(conf)[z])
+                for z in range(np.shape(pred.labels)[0])]
+    masks = np.asarray(pred.masks)
+    return [InstancePrediction(masks[:, z], pred.labels, pred.scores) for z in range(masks.shape[1])]
 
 
 @_check("reduce_postprocess")
 def rle_roundtrip(model: SegmentationModel, ctx: _Context) -> str | None:
     """What a reader decodes from the output row must be exactly what the plugin predicted."""
-    pred = ctx.prediction
+    if ctx.volume:  # each depth slice through the 2D encoder, as a per-slice encoding stores it
+        slices = _depth_slices(ctx.prediction)
+        count = sum(_rle_roundtrip_2d(model, pred, ctx.height, ctx.width) for pred in slices)
+        return f"{len(slices)} depth slices: {count} segment(s) decode exactly"
+    return f"{_rle_roundtrip_2d(model, ctx.prediction, ctx.height, ctx.width)} segment(s) decode exactly"
+
+
+def _rle_roundtrip_2d(model: SegmentationModel, pred: Prediction, height: int, width: int) -> int:
+    """Encode one 2D prediction to segments and decode it back; the segment count."""
     segments = segments_from_prediction(pred, model.class_names())
-    row = {"height": ctx.height, "width": ctx.width, "segments": segments}
+    row = {"height": height, "width": width, "segments": segments}
     masks, labels, _ = row_masks(row)
     for seg, mask in zip(segments, masks):
         _require(seg["area"] == mask.sum(), f"segment {seg['label']}: area {seg['area']} but {mask.sum()} pixels")
@@ -234,7 +300,7 @@ def rle_roundtrip(model: SegmentationModel, ctx: _Context) -> str | None:
     else:
         _require(np.array_equal(masks, np.asarray(pred.masks, dtype=bool)) and np.array_equal(labels, pred.labels),
                  "masks or labels decoded from the RLE segments differ from the prediction")
-    return f"{len(segments)} segment(s) decode exactly"
+    return len(segments)
 
 
 @_check("reduce_postprocess")
@@ -242,12 +308,14 @@ def padding(model: SegmentationModel, ctx: _Context) -> str | None:
     """Inputs of any size: the predictor pads to ``size_divisor``, postprocess must crop back."""
     d = ctx.divisor
     h, w = (ctx.height - 1, ctx.height + 1) if d > 1 else (ctx.height + 1, ctx.height + 3)
-    sample = model.example_input(h, w, seed=2)
-    image = pad_to_multiple(model.preprocess(sample), d)
-    ph, pw = image.shape[-2:]
+    spatial = (ctx.depth - 1 if d > 1 else ctx.depth + 1, h, w) if ctx.volume else (h, w)
+    sample = _example(model, ctx, spatial, seed=2)
+    image = pad_to_multiple(model.preprocess(sample), d)  # the predictor's padding: every spatial axis
+    padded = _shape_text(image.shape[-len(spatial):])
     pred = model.postprocess(_item(_run(model, ctx.module, torch.from_numpy(image[None])), 0), dict(sample.meta))
-    note = _check_prediction(model, pred, h, w, f"postprocess() of a {h}x{w} input padded to {ph}x{pw}")
-    return f"{h}x{w} padded to {ph}x{pw} -> {note}"
+    size = _shape_text(spatial)
+    note = _check_prediction(model, pred, spatial, f"postprocess() of a {size} input padded to {padded}")
+    return f"{size} padded to {padded} -> {note}"
 
 
 @_check("determinism")
@@ -273,15 +341,18 @@ def training_step(model: SegmentationModel, ctx: _Context) -> str | None:
     # A random but learnable mask: quantile bands of the first input channel, averaged over blocks of
     # the output stride (a model predicting on a coarse grid cannot draw single-pixel noise), one
     # corner ignored.
-    block = max(1, min(int(getattr(model, "output_stride", None) or ctx.divisor), ctx.height // 2))
+    block = max(1, min(int(getattr(model, "output_stride", None) or ctx.divisor), min(ctx.spatial) // 2))
     first = x[:, 0].numpy()
-    h, w = first.shape[1:]
-    hb, wb = -(-h // block), -(-w // block)
-    padded = np.pad(first, ((0, 0), (0, hb * block - h), (0, wb * block - w)), mode="edge")
-    coarse = padded.reshape(len(first), hb, block, wb, block).mean(axis=(2, 4))
-    first = np.repeat(np.repeat(coarse, block, axis=1), block, axis=2)[:, :h, :w]
+    spatial = first.shape[1:]  # (H, W) or (D, H, W)
+    blocks = [-(-n // block) for n in spatial]
+    padded = np.pad(first, [(0, 0)] + [(0, b * block - n) for b, n in zip(blocks, spatial)], mode="edge")
+    coarse = padded.reshape(len(first), *(v for b in blocks for v in (b, block)))
+    coarse = coarse.mean(axis=tuple(range(2, 2 + 2 * len(spatial), 2)))
+    for axis in range(1, 1 + len(spatial)):
+        coarse = np.repeat(coarse, block, axis=axis)
+    first = coarse[(slice(None), *(slice(0, n) for n in spatial))]
     masks = np.digitize(first, np.quantile(first, np.linspace(0, 1, _label_bound(model) + 1)[1:-1]))
-    masks[:, :2, :2] = model.ignore_index
+    masks[(slice(None), *(slice(0, 2) for _ in spatial))] = model.ignore_index
     targets = [model.encode_target(m) for m in masks]
     for t in targets:
         _require(isinstance(t, np.ndarray) and t.dtype == np.int64 and t.shape == masks.shape[1:],

@@ -60,7 +60,8 @@ Full-model weights (a raysegment checkpoint or a bare state dict) go through
 Parameter counts are of the default build, i.e. the paper's configuration (its class count,
 3 input bands unless the paper is grey-scale). *Output stride* is the input size over the
 size of the coarsest feature map the decoder or classifier starts from; inputs are padded
-to a multiple of *pad to* and the masks cropped back.
+to a multiple of *pad to* and the masks cropped back. Volume models pad and stride all three
+axes, and always run as 3D sliding windows (their `default_tile`).
 """
 
 
@@ -92,8 +93,9 @@ def render() -> str:
         if c.parameter_note:
             notes.append((c.name, c.parameter_note))
             mark = f" [{len(notes)}]"
+        bands = f"{c.bands}; 3D volumes (D, H, W)" if c.modality == "volume" else c.bands
         lines.append(f"| `{c.name}` | {c.distribution} | {_paper_ref(c.paper)} | {ours:.2f}M{mark} | {paper} | "
-                     f"{c.bands} | {c.output_stride or 'n/a'} | {c.size_divisor} |")
+                     f"{bands} | {c.output_stride or 'n/a'} | {c.size_divisor} |")
     if notes:
         lines.append("\nNotes on the parameter counts:\n")
         lines.extend(f"{i}. `{name}`: {note}" for i, (name, note) in enumerate(notes, 1))
@@ -111,7 +113,9 @@ def render() -> str:
         lines.append("|---|---:|---:|---:|---:|")
         for c in cards:
             r = by_name.get(c.name)
-            if r is None:
+            if r is None and c.modality == "volume":
+                lines.append(f"| `{c.name}` | n/a: a volume model (this benchmark runs 2D images) | | | |")
+            elif r is None:
                 lines.append(f"| `{c.name}` | not measured | | | |")
             else:
                 lines.append(f"| `{c.name}` | {r['bare_img_s']:.3f} | {r['hooks_img_s']:.3f} | "

@@ -1,25 +1,29 @@
-"""The ``unet``, ``resunet`` and ``denseunet`` model plugins: :mod:`.unet2d`, :mod:`.resunet` and
-:mod:`.denseunet` behind the raysegment contract.
+"""The ``unet``, ``resunet``, ``denseunet`` and ``unet3d`` model plugins: :mod:`.unet2d`,
+:mod:`.resunet`, :mod:`.denseunet` and :mod:`.unet3d` behind the raysegment contract.
 
 Preprocessing, reduction, postprocessing and the loss are the base class's defaults: inputs
 scaled to [0, 1], pixel-wise softmax cross-entropy (sigmoid binary cross-entropy when
-``num_classes=1``). All three are trained from scratch in their papers, so there is no
-``backbone_weights`` parameter; full-model weights come through ``--checkpoint``.
+``num_classes=1``). ``unet3d`` takes volumes ``(D, H, W, C)`` and adds a fixed intensity
+scale, a depth crop and 3D targets. All four are trained from scratch in their papers, so
+there is no ``backbone_weights`` parameter; full-model weights come through ``--checkpoint``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
+import numpy as np
 from torch import nn
 
-from raysegment.plugin import Modality, Param, ParamError, SegmentationModel, Task
+from raysegment.plugin import InputError, Modality, Param, ParamError, Sample, SegmentationModel
+from raysegment.plugin import SemanticPrediction, Task
 
-from raysegment_unet import denseunet, resunet
+from raysegment_unet import denseunet, resunet, unet3d
 from raysegment_unet.unet2d import UNet2d, validate_config
 
-__all__ = ["UNet", "ResUNet", "DenseUNet"]
+__all__ = ["UNet", "ResUNet", "DenseUNet", "UNet3D"]
 
 _NAMES_HELP = "comma-separated class names; empty means class_0, class_1, ..."
 
@@ -174,3 +178,100 @@ class DenseUNet(_UNetFamily):
         p = self.params
         return denseunet.DenseUNet2d(p["in_channels"], p["num_classes"], p["depth"], p["growth_rate"],
                                      p["layers_per_block"])
+
+
+class UNet3D(_UNetFamily):
+    """3D U-Net for semantic segmentation of volumes (``Modality.VOLUME``), run as 3D sliding windows.
+
+    Windows arrive channels-last ``(D, H, W, C)``; the base ``preprocess`` moves the bands
+    first, ``reduce`` works on ``(B, K, D, H, W)`` logits unchanged. Intensities: the dtype
+    rule of the base class (integers divided by their dtype's maximum, floats as they are),
+    then multiplied by ``intensity_scale``. The scale is fixed, never computed from a
+    window: statistics per window would make neighbouring windows disagree at their seams.
+    MRI has no absolute intensity scale, so pick it for the data the weights were trained
+    on (e.g. ``1/4000`` for the float MSD hippocampus volumes, whose values reach about 4200).
+
+    The loss is the base class's softmax cross-entropy; the paper's weighted loss gives
+    unlabelled voxels weight 0, which is ``ignore_index`` (255) here.
+    """
+
+    modality = Modality.VOLUME
+    summary = "3D U-Net (Çiçek et al. 2016): the U-Net made volumetric, 3x3x3 conv-BN-ReLU, 2x2x2 pooling."
+    paper = (
+        "Ö. Çiçek, A. Abdulkadir, S. S. Lienkamp, T. Brox, O. Ronneberger. 3D U-Net: Learning Dense Volumetric "
+        "Segmentation from Sparse Annotation. MICCAI 2016, LNCS 9901, pp. 424-432. arXiv:1606.06650"
+    )
+    paper_parameters: ClassVar[float | None] = unet3d.PAPER_PARAMETERS / 1e6
+    parameter_note: ClassVar[str] = (
+        "19,072,291 at the defaults (3 bands, 3 classes, base 32, depth 3), the paper's network: its 19,069,955 "
+        "count a bias on every 3x3x3 conv and no BatchNorm parameters; ours drop those 2,336 biases (BN follows "
+        "each conv) and count BN's scale and shift (2 x 2,336), +2,336 in all; 'same' padding does not change it"
+    )
+    smoke_params: ClassVar[dict[str, Any]] = {"in_channels": 1, "depth": 2, "base_channels": 4}
+    #: The paper's network sees about 90 voxels per axis (its 132-voxel input tile gives 44 valid
+    #: output voxels): a 96^3 window gives its centre voxels their whole context, and a 32-voxel
+    #: overlap lets Gaussian blending draw seams from window centres. 96 is a multiple of
+    #: 2**depth for depth <= 5. Memory: about 2 GB of float32 activations per window at the
+    #: defaults (617 MiB measured at 64^3 on CPU; activations grow with the voxel count).
+    default_tile: ClassVar[tuple[int, ...] | None] = (96, 96, 96)
+    default_overlap: ClassVar[tuple[int, ...] | None] = (32, 32, 32)
+    params = (
+        Param("in_channels", int, 3, help="input bands (3 in the paper; 1 for a single MRI or CT sequence)"),
+        Param("num_classes", int, 3, help="output classes (3 in the paper); 1 means a single sigmoid foreground map"),
+        Param("depth", int, 3, help="max-pooling steps; 3 gives the paper's 4 levels; input D, H, W padded to "
+                                    "2**depth"),
+        Param("base_channels", int, 32, help="channels of the first conv, doubled by the second and at each level "
+                                             "below (32 in the paper: 32/64, 64/128, 128/256, 256/512)"),
+        Param("intensity_scale", float, 1.0,
+              help="fixed factor applied after the dtype rule (integers / dtype max, floats as they are); "
+                   "e.g. 0.00025 for float MRI up to ~4000; never computed per window"),
+        Param("class_names", str, "", help=_NAMES_HELP),
+    )
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        p = self.params
+        _validated(unet3d.validate_config, p["in_channels"], p["num_classes"], p["depth"], p["base_channels"])
+        scale = p["intensity_scale"]
+        if not (math.isfinite(scale) and scale > 0):
+            raise ParamError(f"parameter 'intensity_scale' must be positive and finite, got {scale!r}")
+        self.class_names()
+
+    def build(self) -> nn.Module:
+        p = self.params
+        return unet3d.UNet3d(p["in_channels"], p["num_classes"], p["depth"], p["base_channels"])
+
+    def preprocess(self, sample: Sample) -> np.ndarray:
+        """``(D, H, W, C)`` -> ``(C, D, H, W)`` float32: the dtype rule, then ``intensity_scale``."""
+        if np.ndim(sample.data) != 4:
+            raise InputError(f"unet3d takes volumes (D, H, W, bands); got an array of shape {np.shape(sample.data)}")
+        out = super().preprocess(sample)
+        scale = float(self.params["intensity_scale"])
+        if scale != 1.0:
+            out *= np.float32(scale)
+        return out
+
+    def postprocess(self, reduced: Mapping[str, np.ndarray], sample_meta: Mapping[str, Any]) -> SemanticPrediction:
+        """Crop the padded ``(D, H, W)`` maps back to the sample's depth, height and width."""
+        d, h, w = (int(sample_meta[k]) for k in ("depth", "height", "width"))
+        labels, conf = reduced["labels"], reduced.get("confidence")
+        return SemanticPrediction(
+            labels=labels[..., :d, :h, :w],
+            confidence=None if conf is None else conf[..., :d, :h, :w].astype(np.float32),
+        )
+
+    def encode_target(self, mask: np.ndarray) -> np.ndarray:
+        """A label volume ``(D, H, W)`` (or ``(D, H, W, 1)``) -> int64 ``(D, H, W)``.
+
+        Float label files are common (MSD's hippocampus_003 label is float32): they are
+        accepted when every value is a whole number.
+        """
+        target = np.asarray(mask)
+        if target.ndim == 4 and target.shape[-1] == 1:
+            target = target[..., 0]
+        if target.ndim != 3:
+            raise InputError(f"unet3d takes label volumes (D, H, W); got shape {target.shape}")
+        if target.dtype.kind == "f" and not np.array_equal(target, np.round(target)):
+            raise InputError("label volume holds non-integer values")
+        # The base class reads a 3D array as (H, W, C); its range check serves any rank.
+        return self.check_target_values(target.astype(np.int64))

@@ -16,7 +16,8 @@ all conv weights, a bias per 3x3x3 and 1x1x1 conv and no BN parameters (Caffe's 
 layer learns none); we drop the 2,336 biases of the convs that BN follows (BN's shift makes
 them redundant) and count BN's scale and shift (2 x 2,336): 19,072,291 = paper + 2,336.
 
-Not registered as a model yet: the pipeline has no volume support.
+Registered as the model ``unet3d`` (:class:`raysegment_unet.plugin.UNet3D`), which runs it
+on 3D sliding windows of NIfTI volumes.
 
 Example:
 

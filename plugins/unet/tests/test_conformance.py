@@ -1,4 +1,8 @@
-"""The U-Net-family plugins keep the raysegment plugin contract (one test per conformance check) and learn."""
+"""The U-Net-family plugins keep the raysegment plugin contract (one test per conformance check) and learn.
+
+``unet3d`` is a volume model: the kit checks it on (D, H, W, C) samples, and it learns on two real
+hippocampus MRI volumes.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from typing import Any, ClassVar
 
 from raysegment.testing import ModelConformance, ModelLearns
 
-from raysegment_unet import DenseUNet, ResUNet
+from raysegment_unet import DenseUNet, ResUNet, UNet3D
 
 
 class TestUNetConformance(ModelConformance):
@@ -31,6 +35,18 @@ class TestDenseUNetConformance(ModelConformance):
     params: ClassVar[dict[str, Any]] = dict(DenseUNet.smoke_params)
 
 
+class TestUNet3DConformance(ModelConformance):
+    model_name = "unet3d"
+    params: ClassVar[dict[str, Any]] = dict(UNet3D.smoke_params)
+
+
+class TestUNet3DSigmoidConformance(ModelConformance):
+    model_name = "unet3d"
+    # One sigmoid map, two bands, a fixed intensity scale.
+    params: ClassVar[dict[str, Any]] = {**UNet3D.smoke_params, "in_channels": 2, "num_classes": 1,
+                                        "intensity_scale": 0.5}
+
+
 class TestUNetLearns(ModelLearns):
     model_name = "unet"
     # Without BN the plain U-Net needs more than 30 Adam steps to leave the class-prior plateau.
@@ -48,3 +64,13 @@ class TestDenseUNetLearns(ModelLearns):
     model_name = "denseunet"
     params: ClassVar[dict[str, Any]] = dict(DenseUNet.smoke_params)
     lr: ClassVar[float] = 3e-3
+
+
+class TestUNet3DLearns(ModelLearns):
+    model_name = "unet3d"
+    dataset: ClassVar[str] = "hippocampus"  # two float32 MRI volumes, 3 classes, centre 32^3 crops
+    size: ClassVar[int] = 32
+    params: ClassVar[dict[str, Any]] = {**UNet3D.smoke_params, "intensity_scale": 0.00025}
+    lr: ClassVar[float] = 1e-2
+    # ~90% background: the class frequencies alone give a loss of ~0.36; require clearly better.
+    max_prior_ratio: ClassVar[float | None] = 0.6
