@@ -190,6 +190,9 @@ def _build_tiled_dataset(config: InferenceConfig, plan: _Plan, actors: ActorPlan
                                   override_num_blocks=len(plan.pending))
     ds = ds.map_batches(plan_scene_windows, batch_size=1, batch_format="numpy",
                         fn_kwargs={**common, "tiling": plan.tiling}, num_cpus=1, udf_modifying_row_count=True)
+    # A scene's windows leave the plan stage as one block; cut it (streaming) so that the
+    # windows of one large scene are read by many tasks at once, not one after another.
+    ds = ds.repartition(target_num_rows_per_block=config.batch_size)
     ds = ds.map_batches(read_windows, batch_size=config.batch_size, batch_format="numpy", fn_kwargs=common,
                         num_cpus=1, udf_modifying_row_count=False)
     ds = _predict(ds, config, plan, actors)

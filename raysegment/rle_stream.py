@@ -54,8 +54,8 @@ class RunLengthBuilder:
             lengths = lengths.copy()
             lengths[0] += self._run
         else:
-            self._closed.append(np.array([self._run], dtype=np.int64))
-        self._closed.append(lengths[:-1].astype(np.int64))
+            self._closed.append(np.array([self._run], dtype=np.uint32))
+        self._closed.append(lengths[:-1].astype(np.uint32))
         self._run = int(lengths[-1])
         self._value = first if len(lengths) % 2 == 1 else not first
 
@@ -74,17 +74,22 @@ class RunLengthBuilder:
         if value == self._value:
             self._run += count
         else:
-            self._closed.append(np.array([self._run], dtype=np.int64))
+            self._closed.append(np.array([self._run], dtype=np.uint32))
             self._value, self._run = value, count
 
-    def counts(self) -> list[int]:
-        """The uncompressed COCO counts once every pixel is in."""
+    def counts(self) -> np.ndarray:
+        """The uncompressed COCO counts (uint32, as pycocotools holds them) once every pixel is in.
+
+        4 bytes per run: a noisy mask of a large scene has tens of millions of runs, which
+        a Python list would hold at about 36 bytes each.
+        """
         if self._seen != self.height * self.width:
             raise ValueError(f"mask incomplete: {self._seen} of {self.height * self.width} pixels appended")
-        runs = np.concatenate([*self._closed, np.array([self._run], dtype=np.int64)])
-        return [int(v) for v in runs]
+        runs = np.concatenate([*self._closed, np.array([self._run], dtype=np.uint32)])
+        self._closed = [runs[:-1]]  # one array from now on; the open run stays apart
+        return runs
 
     def encode(self) -> dict:
         """The compressed COCO RLE (``{"size": [h, w], "counts": bytes}``), via pycocotools."""
-        rle = mask_utils.frPyObjects({"size": [self.height, self.width], "counts": self.counts()}, self.height, self.width)
-        return rle
+        return mask_utils.frPyObjects({"size": [self.height, self.width], "counts": self.counts()},
+                                      self.height, self.width)

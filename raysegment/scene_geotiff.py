@@ -37,7 +37,9 @@ from raysegment.tiling import Window
 __all__ = ["GeoTiffScene", "open_geotiff_scene", "GDAL_OPTIONS"]
 
 #: GDAL configuration around every open and read: no directory listing, no sidecar probes.
-GDAL_OPTIONS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+#: No directory listing or sidecar probes on object stores; GDAL's block cache capped (its
+#: default is 5% of RAM, which a reader of a 16k² scene would fill: memory that grows with the scene).
+GDAL_OPTIONS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_CACHEMAX": 64}
 
 
 def _rasterio() -> Any:

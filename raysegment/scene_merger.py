@@ -41,6 +41,9 @@ log = logging.getLogger("raysegment")
 
 Batch = dict[str, np.ndarray]
 
+#: Pixels reduced at once when a strip is turned into labels (columns x height, or slices x plane).
+CHUNK_PIXELS = 1 << 20
+
 
 class GeoOutputOptions:
     """Which per-scene files to write beside the Parquet output (2D scenes only)."""
@@ -156,20 +159,26 @@ class _Scene:
         return "at " + ",".join(str(s) for s in start) + " size " + "x".join(str(s) for s in size)
 
     def _emit(self, strip: Strip) -> None:
+        """Labels of a finished strip, a few columns (slices) at a time to keep ``reduce``'s
+        temporaries small, handed to the segments and the files in order."""
         import torch
 
-        reduced = self.plugin.reduce(torch.from_numpy(np.ascontiguousarray(strip.values[None])))
-        labels = reduced["labels"][0].numpy()
-        conf = reduced.get("confidence")
-        conf = None if conf is None else conf[0].float().numpy()
-        covered = None if strip.covered.all() else strip.covered
-        if len(self.shape) == 3:
-            self.segments.add(strip.start, labels, conf, covered)
-            return
-        self.segments.add(labels, conf, covered)
-        for writer in self.writers:  # writers take scene orientation (rows, columns)
-            writer_add = getattr(writer, "write", None) or writer.add
-            writer_add(0, strip.start, labels.T, None if covered is None else covered.T)
+        step = max(1, CHUNK_PIXELS // max(1, int(np.prod(strip.values.shape[2:]))))
+        for lo in range(0, strip.stop - strip.start, step):
+            values = np.ascontiguousarray(strip.values[:, lo : lo + step])
+            covered = strip.covered[lo : lo + step]
+            reduced = self.plugin.reduce(torch.from_numpy(values[None]))
+            labels = reduced["labels"][0].numpy()
+            conf = reduced.get("confidence")
+            conf = None if conf is None else conf[0].float().numpy()
+            covered = None if covered.all() else covered
+            if len(self.shape) == 3:
+                self.segments.add(strip.start + lo, labels, conf, covered)
+                continue
+            self.segments.add(labels, conf, covered)
+            for writer in self.writers:  # writers take scene orientation (rows, columns)
+                writer_add = getattr(writer, "write", None) or writer.add
+                writer_add(0, strip.start + lo, labels.T, None if covered is None else covered.T)
 
     def row(self) -> dict[str, Any]:
         """The scene's output row; closes (or aborts) its files."""

@@ -36,7 +36,7 @@ def test_zero_runs_and_a_mask_starting_with_ones() -> None:
     builder.append(mask[:, :1].T.ravel())
     builder.append_zeros(16)
     builder.append(mask[:, 5:].T.ravel())
-    assert builder.counts()[0] == 0
+    assert int(builder.counts()[0]) == 0
     assert builder.encode()["counts"] == _whole(mask)
     assert mask_utils.area(builder.encode()) == 6
 
