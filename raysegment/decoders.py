@@ -36,6 +36,7 @@ __all__ = [
     "decode",
     "supported_extensions",
     "check_pixel_limit",
+    "tiff_image_series",
 ]
 
 
@@ -220,6 +221,24 @@ def _check_extents(pages: Iterable[object], size: int) -> None:
             raise DecodeError(f"truncated TIFF file: pixel data ends at byte {end:,} but the file has {size:,} bytes")
 
 
+def tiff_image_series(tiff: tifffile.TiffFile) -> tuple[tifffile.TiffPageSeries, str, tuple[int, ...]]:
+    """The first series of an open TIFF as ``(series, axes, shape)``: one 2D image whose other
+    axes are all bands; a stack, a file without image or without Y and X is a DecodeError."""
+    try:
+        series = tiff.series[0] if tiff.series else None
+    except Exception as exc:
+        raise DecodeError(f"corrupt TIFF file: {_reason(exc)}") from exc
+    if series is None:
+        raise DecodeError("TIFF file holds no image")
+    axes, shape = series.axes, tuple(series.shape)
+    if "Y" not in axes or "X" not in axes:
+        raise DecodeError(f"TIFF image has axes {axes}, without Y and X")
+    extra = [a for a, n in zip(axes, shape) if a not in "YX" and n > 1 and a not in _BAND_AXES]
+    if extra:
+        raise DecodeError(f"TIFF holds a stack with axes {axes} {shape}; image input takes one 2D image with bands")
+    return series, axes, shape
+
+
 def _decode_tiff(data: bytes, uri: str, limits: DecodeLimits) -> Sample:
     """TIFF with any band count, contiguous or planar, as (H, W, bands)."""
     if not data:
@@ -233,22 +252,9 @@ def _decode_tiff(data: bytes, uri: str, limits: DecodeLimits) -> Sample:
         except Exception as exc:
             raise DecodeError(f"not a valid TIFF image: {_reason(exc)}") from exc
         with tiff:
-            try:
-                series = tiff.series[0] if tiff.series else None
-            except Exception as exc:
-                raise DecodeError(f"corrupt TIFF file: {_reason(exc)}") from exc
-            if series is None:
-                raise DecodeError("TIFF file holds no image")
-            axes, shape = series.axes, tuple(series.shape)
-            if "Y" not in axes or "X" not in axes:
-                raise DecodeError(f"TIFF image has axes {axes}, without Y and X")
+            series, axes, shape = tiff_image_series(tiff)
             height, width = shape[axes.index("Y")], shape[axes.index("X")]
             check_pixel_limit(width, height, limits)
-            extra = [a for a, n in zip(axes, shape) if a not in "YX" and n > 1 and a not in _BAND_AXES]
-            if extra:
-                raise DecodeError(
-                    f"TIFF holds a stack with axes {axes} {shape}; image input takes one 2D image with bands"
-                )
             records.raise_if_corrupt()
             _check_extents(series.pages, len(data))
             try:

@@ -30,12 +30,12 @@ import numpy as np
 import tifffile
 
 from raysegment.decoders import (
-    _BAND_AXES,
     DecodeError,
     DecodeLimits,
     _check_extents,
     _reason,
     _ThreadRecords,
+    tiff_image_series,
 )
 from raysegment.scenes import SceneInfo, SceneReader, register_scene_reader
 from raysegment.sources import _filesystem
@@ -252,18 +252,7 @@ class TiffScene(SceneReader):
 
 def _series_pages(tiff: tifffile.TiffFile) -> tuple[list[Any], int, int]:
     """Pages of the first series, its height and width; a stack that is not bands is refused."""
-    try:
-        series = tiff.series[0] if tiff.series else None
-    except Exception as exc:
-        raise DecodeError(f"corrupt TIFF file: {_reason(exc)}") from exc
-    if series is None:
-        raise DecodeError("TIFF file holds no image")
-    axes, shape = series.axes, tuple(series.shape)
-    if "Y" not in axes or "X" not in axes:
-        raise DecodeError(f"TIFF image has axes {axes}, without Y and X")
-    extra = [a for a, n in zip(axes, shape) if a not in "YX" and n > 1 and a not in _BAND_AXES]
-    if extra:
-        raise DecodeError(f"TIFF holds a stack with axes {axes} {shape}; image input takes one 2D image with bands")
+    series, axes, shape = tiff_image_series(tiff)
     pages = list(series.pages)
     if not pages or any(p is None for p in pages):
         raise DecodeError("corrupt TIFF file: pages of the image are missing")
