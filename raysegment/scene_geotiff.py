@@ -119,12 +119,8 @@ class GeoTiffScene(SceneReader):
     def _rio_window(self, window: Window) -> Any:
         from rasterio.windows import Window as RioWindow
 
-        height, width = self.info.shape
-        if len(window.start) != 2:
-            raise ValueError(f"GeoTIFF scenes are 2D; got a {len(window.start)}D window")
+        self.check_window(window)
         (y0, x0), (h, w) = window.start, window.size
-        if y0 < 0 or x0 < 0 or y0 + h > height or x0 + w > width:
-            raise ValueError(f"window {window.start}+{window.size} lies outside the scene {self.info.shape}")
         return RioWindow(x0, y0, w, h)
 
     def _call(self, method: str, **kwargs: Any) -> Any:

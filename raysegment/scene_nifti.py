@@ -231,9 +231,7 @@ class NiftiScene(SceneReader):
     # -- read --------------------------------------------------------------------------
     def read(self, window: Window) -> np.ndarray:
         """Voxels of ``window`` as ``(d, h, w, bands)``, from file voxels ``(i=w, j=h, k=d)``."""
-        shape = self.info.shape
-        if len(window.start) != 3 or any(s < 0 or s + n > m for s, n, m in zip(window.start, window.size, shape)):
-            raise ValueError(f"window {window.start}+{window.size} lies outside the volume {shape}")
+        self.check_window(window)
         sd, sh, sw = window.slices()
         slicer: tuple[slice, ...] = (sw, sh, sd)[: self._file_ndim] + (slice(None),) * (self._file_ndim - 3)
         try:

@@ -172,12 +172,8 @@ class TiffScene(SceneReader):
 
     # -- windows ---------------------------------------------------------------------
     def read(self, window: Window) -> np.ndarray:
-        height, width = self.info.shape
-        if len(window.start) != 2:
-            raise ValueError(f"TIFF scenes are 2D; got a {len(window.start)}D window")
+        self.check_window(window)
         (y0, x0), (h, w) = window.start, window.size
-        if y0 < 0 or x0 < 0 or y0 + h > height or x0 + w > width:
-            raise ValueError(f"window {window.start}+{window.size} lies outside the scene {self.info.shape}")
         out = np.zeros((h, w, self.info.bands), dtype=self.info.dtype)
         per_page = self._planes * self._contig
         for page in range(len(self._offsets)):

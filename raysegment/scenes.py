@@ -88,6 +88,14 @@ class SceneReader(abc.ABC):
     def read(self, window: Window) -> np.ndarray:
         """Pixels of ``window``, channels-last ``(*window.size, bands)``, native byte order."""
 
+    def check_window(self, window: Window) -> None:
+        """Refuse a window of another rank than the scene or reaching outside it (a caller's bug)."""
+        shape = self.info.shape
+        if len(window.start) != len(shape):
+            raise ValueError(f"{self.info.format} scenes are {len(shape)}D; got a {len(window.start)}D window")
+        if any(s < 0 or s + n > m for s, n, m in zip(window.start, window.size, shape)):
+            raise ValueError(f"window {window.start}+{window.size} lies outside the scene {shape}")
+
     def valid_mask(self, window: Window, data: np.ndarray) -> np.ndarray | None:
         """Bool ``window.size`` array, True where a pixel holds data; None when every pixel does.
 
@@ -119,6 +127,7 @@ class ArrayScene(SceneReader):
         self.info = info
 
     def read(self, window: Window) -> np.ndarray:
+        self.check_window(window)
         return np.ascontiguousarray(self.data[window.slices()])
 
 
