@@ -122,8 +122,47 @@ def _upload_atomic(local: str, uri: str, storage_options: dict | None) -> None:
         raise GeoOutputError(f"cannot write {redact(uri)}: {type(exc).__name__}: {reason}") from None
 
 
-class MaskRasterWriter:
+class _SceneFile:
+    """The life cycle both writers share: open -> closed (uploaded) | aborted | failed.
+
+    Subclasses set ``uri`` and ``_state = "open"`` and implement ``close`` and ``_discard``.
+    As a context manager: close on success, abort on an exception.
+    """
+
+    kind = "writer"
+    uri: str
+    _state: str
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise RuntimeError(f"{self.kind} for {redact(self.uri)} is already {self._state}")
+
+    def close(self) -> Any:
+        raise NotImplementedError
+
+    def _discard(self) -> None:
+        """Free what was collected; nothing may appear at ``uri``."""
+
+    def abort(self) -> None:
+        """Drop everything written so far; nothing appears at ``uri``."""
+        self._discard()
+        if self._state == "open":
+            self._state = "aborted"
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None and self._state == "open":
+            self.close()
+        else:
+            self.abort()
+
+
+class MaskRasterWriter(_SceneFile):
     """Label raster of one scene as a Cloud-Optimized GeoTIFF with the source's CRS and transform."""
+
+    kind = "mask writer"
 
     def __init__(self, uri: str, shape: tuple[int, int], georef: Georef | None,
                  storage_options: dict | None = None, nodata: int = 255, block: int = 512) -> None:
@@ -165,10 +204,6 @@ class MaskRasterWriter:
 
         return rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB)
 
-    def _check_open(self) -> None:
-        if self._state != "open":
-            raise RuntimeError(f"mask writer for {redact(self.uri)} is already {self._state}")
-
     def write(self, row: int, col: int, labels: np.ndarray, covered: np.ndarray | None = None) -> None:
         """Place a block of class ids at (row, col); pixels with ``covered`` False become nodata."""
         import rasterio.errors
@@ -209,6 +244,8 @@ class MaskRasterWriter:
                                      f"{_scrub(str(exc), self.uri)}") from None
         self._written.append((row, col, row + h, col + w))
 
+    add = write  # the name both writers share, for callers that feed blocks to every output alike
+
     def close(self) -> None:
         """Build the COG from the temporary raster and move it to ``uri``; unwritten pixels stay nodata."""
         import rasterio.errors
@@ -230,29 +267,19 @@ class MaskRasterWriter:
             self._cleanup()
         self._state = "closed"
 
-    def abort(self) -> None:
-        """Drop everything written so far; nothing appears at ``uri``."""
+    def _discard(self) -> None:
         self._cleanup()
-        if self._state == "open":
-            self._state = "aborted"
 
     def _cleanup(self) -> None:
         if getattr(self, "_dir", None):
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = ""
 
-    def __enter__(self) -> MaskRasterWriter:
-        return self
 
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is None and self._state == "open":
-            self.close()
-        else:
-            self.abort()
-
-
-class PolygonWriter:
+class PolygonWriter(_SceneFile):
     """Polygons of each label of one scene, in the source CRS, as GeoParquet (for GIS users)."""
+
+    kind = "polygon writer"
 
     def __init__(self, uri: str, georef: Georef | None, label_names: Sequence[str],
                  storage_options: dict | None = None, source_uri: str = "", skip_labels: Sequence[int] = ()) -> None:
@@ -266,10 +293,6 @@ class PolygonWriter:
         self._inner: dict[int, list[Any]] = {}
         self._edge: dict[int, list[Any]] = {}
         self._state = "open"
-
-    def _check_open(self) -> None:
-        if self._state != "open":
-            raise RuntimeError(f"polygon writer for {redact(self.uri)} is already {self._state}")
 
     def add(self, row: int, col: int, labels: np.ndarray, covered: np.ndarray | None = None) -> None:
         """Polygonize a block placed at (row, col); pixels with ``covered`` False belong to no polygon."""
@@ -363,17 +386,5 @@ class PolygonWriter:
         self._state = "closed"
         return len(labels)
 
-    def abort(self) -> None:
-        """Drop the collected polygons; nothing appears at ``uri``."""
+    def _discard(self) -> None:
         self._inner, self._edge = {}, {}
-        if self._state == "open":
-            self._state = "aborted"
-
-    def __enter__(self) -> PolygonWriter:
-        return self
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is None and self._state == "open":
-            self.close()
-        else:
-            self.abort()

@@ -36,10 +36,6 @@ class RunLengthBuilder:
         self._seen = 0  # pixels appended so far
         self.area = 0
 
-    @property
-    def pixels(self) -> int:
-        return self._seen
-
     def append(self, flat: np.ndarray) -> None:
         """Add the next pixels in column-major order (a whole number of columns or not)."""
         flat = np.asarray(flat, dtype=bool).ravel()
@@ -61,21 +57,16 @@ class RunLengthBuilder:
 
     def append_zeros(self, count: int) -> None:
         """Add ``count`` pixels outside the mask without materialising them."""
-        self.append_run(False, count)
-
-    def append_run(self, value: bool, count: int) -> None:
         if count <= 0:
             return
         if self._seen + count > self.height * self.width:
             raise ValueError("RLE run overruns the mask")
         self._seen += count
-        if value:
-            self.area += count
-        if value == self._value:
+        if not self._value:
             self._run += count
         else:
             self._closed.append(np.array([self._run], dtype=np.uint32))
-            self._value, self._run = value, count
+            self._value, self._run = False, count
 
     def counts(self) -> np.ndarray:
         """The uncompressed COCO counts (uint32, as pycocotools holds them) once every pixel is in.

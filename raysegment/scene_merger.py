@@ -21,7 +21,6 @@ import dataclasses
 import json
 import logging
 import re
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -32,6 +31,7 @@ from raysegment.model_spec import ModelSpec
 from raysegment.output import MASKS_FOLDER, POLYGONS_FOLDER
 from raysegment.payload import unpack
 from raysegment.scene_segments import PlaneSegments, VolumeSegments
+from raysegment.scenes import scene_extension
 from raysegment.schema import OUTPUT_SCHEMA
 from raysegment.sources import join_inside, redact
 from raysegment.tiled_stages import Tiling, scene_plan
@@ -62,11 +62,9 @@ class GeoOutputOptions:
 
 
 def _stem(uri: str) -> str:
+    """A file-name-safe stem of the input, for the scene's side files."""
     name = uri.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
-    for suffix in (".nii.gz", ".tiff", ".tif", ".nii", ".png", ".jpg", ".jpeg"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
+    name = name[: len(name) - len(scene_extension(name))]
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:80] or "scene"
 
 
@@ -178,8 +176,7 @@ class _Scene:
                 continue
             self.segments.add(labels, conf, covered)
             for writer in self.writers:  # writers take scene orientation (rows, columns)
-                writer_add = getattr(writer, "write", None) or writer.add
-                writer_add(0, strip.start + lo, labels.T, None if covered is None else covered.T)
+                writer.add(0, strip.start + lo, labels.T, None if covered is None else covered.T)
 
     def row(self) -> dict[str, Any]:
         """The scene's output row; closes (or aborts) its files."""
@@ -252,7 +249,3 @@ class SceneMerger:
                 rows.append(scene.row())
                 del self.scenes[index]
         return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
-
-    def pending(self) -> Sequence[int]:
-        """Scenes with windows still to come (for tests and diagnostics)."""
-        return sorted(self.scenes)

@@ -29,7 +29,7 @@ from raysegment.payload import pack
 from raysegment.plugin import InputError, Modality, Sample, SegmentationModel
 from raysegment.scenes import SceneInfo, SceneReader, open_scene
 from raysegment.stages import describe_error
-from raysegment.tiling import TilePlan, Window, validate_tiling
+from raysegment.tiling import BLEND_MODES, TilePlan, Window, validate_tiling
 
 __all__ = ["Tiling", "plan_scene_windows", "read_windows", "scene_plan", "scene_window", "scene_json", "WINDOW_COLUMNS"]
 
@@ -77,8 +77,6 @@ class Tiling:
             overlap = plugin.default_overlap if plugin.default_overlap is not None else tuple(t // 4 for t in tiles)
         overlaps = _per_axis(overlap, ndim, "--overlap")
         validate_tiling(tiles, overlaps)
-        from raysegment.tiling import BLEND_MODES
-
         if blend not in BLEND_MODES:
             raise ValueError(f"--blend must be one of {', '.join(BLEND_MODES)}, got {blend!r}")
         divisor = int(getattr(plugin, "size_divisor", 1) or 1)
