@@ -27,16 +27,15 @@ import numpy as np
 import ray
 import ray.data
 import torch
+from sampling import Sampler, wait_for_idle_ray
 from torch import nn
 
-from sampling import Sampler, wait_for_idle_ray
-
-from raysegment.decoders import decode, supported_extensions
-from raysegment.inference import InferenceConfig, run_inference
-from raysegment.masks import segments_from_prediction
-from raysegment.plugin import Modality, SegmentationModel
-from raysegment.registry import get_registry
-from raysegment.sources import read_bytes
+from raysegment.infer.pipeline import InferenceConfig, run_inference
+from raysegment.io.decoders import decode, supported_extensions
+from raysegment.masks.rle import segments_from_prediction
+from raysegment.plugin.contract import Modality, SegmentationModel
+from raysegment.plugin.registry import get_registry
+from raysegment.uri import read_bytes
 
 MODEL = "unet"
 MODES = ("pipeline", "plain", "bare")

@@ -51,8 +51,8 @@ def measure_one(name: str, size: int, batch: int, min_seconds: float) -> dict:
     import numpy as np
     import torch
 
-    from raysegment.plugin import Sample
-    from raysegment.registry import get_registry
+    from raysegment.plugin.contract import Sample
+    from raysegment.plugin.registry import get_registry
 
     torch.set_num_threads(os.cpu_count() or 1)
     before = _rss_mib()
@@ -101,9 +101,8 @@ def main() -> None:
 
     import torch
 
-    from raysegment.registry import get_registry
-
-    from raysegment.plugin import Modality
+    from raysegment.plugin.contract import Modality
+    from raysegment.plugin.registry import get_registry
 
     registry = get_registry()
     # 2D images only: volume models (unet3d) run as 3D sliding windows, see bench_tiled.py.

@@ -190,8 +190,8 @@ def make_checkpoint(folder: Path, params: dict[str, Any], seed: int) -> str:
     """The U-Net with ``torch.manual_seed(seed)``'s random weights, as a checkpoint every run loads."""
     import torch
 
-    from raysegment.checkpoint import save_checkpoint
-    from raysegment.registry import get_registry
+    from raysegment.plugin.checkpoint import save_checkpoint
+    from raysegment.plugin.registry import get_registry
 
     info = get_registry().get(MODEL)
     plugin = info.create(params)
@@ -204,8 +204,8 @@ def make_checkpoint(folder: Path, params: dict[str, Any], seed: int) -> str:
 
 def _model(job: dict[str, Any]) -> tuple[Any, Any]:
     """(plugin, module) with the run's pinned weights, for the in-process loops."""
-    from raysegment.checkpoint import load_checkpoint, load_weights
-    from raysegment.model_spec import resolve_model
+    from raysegment.plugin.checkpoint import load_checkpoint, load_weights
+    from raysegment.plugin.spec import resolve_model
 
     plugin = resolve_model(MODEL, job["params"], job["checkpoint"], {}).plugin()
     module = plugin.build()
@@ -227,7 +227,7 @@ def _start_ray(cpus: int) -> None:
 
 def _run(job: dict[str, Any], input_uri: str, out: str, tile: int | None, batch: int) -> dict[str, Any]:
     """One ``run_inference`` and its times."""
-    from raysegment.inference import InferenceConfig, run_inference
+    from raysegment.infer.pipeline import InferenceConfig, run_inference
 
     overlap = job["overlap"] if tile else None
     config = InferenceConfig(input_uri, out, model=MODEL, params=job["params"], checkpoint=job["checkpoint"],
@@ -242,7 +242,7 @@ def _output_stats(out: str) -> dict[str, Any]:
     """Rows, windows and RLE size of a finished run's output (read after its memory was taken)."""
     import pyarrow.compute as pc
 
-    from raysegment.output import read_output
+    from raysegment.output.root import read_output
 
     table = read_output(out, columns=["status", "error", "meta", "segments"])
     bad = [e for st, e in zip(table.column("status").to_pylist(), table.column("error").to_pylist()) if st != "ok"]
@@ -284,7 +284,7 @@ def _bare_loop(job: dict[str, Any], threads: int) -> dict[str, Any]:
     import rasterio
     import torch
 
-    from raysegment.plugin import Sample
+    from raysegment.plugin.contract import Sample
 
     torch.set_num_threads(threads)
     plugin, module = _model(job)
@@ -310,9 +310,9 @@ def _bare_loop(job: dict[str, Any], threads: int) -> dict[str, Any]:
 def child_throughput(job: dict[str, Any]) -> dict[str, Any]:
     """Untiled folder, tiled scene (two tile sizes), bare loop: the same pixels, one Ray session."""
     import ray
+    from sampling import wait_for_idle_ray
 
     from raysegment.runtime import cluster_resources, plan_actors
-    from sampling import wait_for_idle_ray
 
     _start_ray(job["cpus"])
     threads = plan_actors(None, None, cluster_resources()).threads or 1
@@ -360,11 +360,11 @@ def child_merger(job: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from raysegment.decoders import DecodeLimits
-    from raysegment.model_spec import resolve_model
-    from raysegment.payload import pack, unpack
-    from raysegment.scene_merger import SceneMerger
-    from raysegment.tiled_stages import Tiling, plan_scene_windows, read_windows
+    from raysegment.infer.scene_merger import SceneMerger
+    from raysegment.infer.tiled_stages import Tiling, plan_scene_windows, read_windows
+    from raysegment.io.decoders import DecodeLimits
+    from raysegment.io.payload import pack, unpack
+    from raysegment.plugin.spec import resolve_model
 
     torch.set_num_threads(1)
     spec = resolve_model(MODEL, job["params"], job["checkpoint"], {})
@@ -456,7 +456,7 @@ def make_same_pixels(folder: Path, grid: int, image: int) -> tuple[Path, Path]:
 
 # -- driver of the benchmark ------------------------------------------------------------
 
-IMPORTS = "import torch, ray, ray.data, rasterio, raysegment.inference, raysegment_unet"
+IMPORTS = "import torch, ray, ray.data, rasterio, raysegment.infer.pipeline, raysegment_unet"
 
 
 def import_floor() -> float:

@@ -3,7 +3,7 @@
 
 Same model (``unet``, batch norm), loss (cross-entropy), crop size, batch size and ISBI 2012 EM
 training slices (0-24 train, 25-29 validation, manifests from ``scripts/em_manifests.py``), trained
-``--epochs`` epochs each way: ``ray-train`` is ``raysegment.training.run_training`` with N workers;
+``--epochs`` epochs each way: ``ray-train`` is ``raysegment.train.training.run_training`` with N workers;
 ``plain`` is one process with a hand-written PyTorch loop over images decoded once and held in
 memory. See benchmarks/README.md.
 """
@@ -31,16 +31,15 @@ import ray
 import ray.data
 import torch
 import torch.nn.functional as F
-
 from sampling import Sampler, wait_for_idle_ray
 
-from raysegment.augment import AugmentConfig, augment, rng_for
-from raysegment.model_spec import ModelSpec, resolve_model
-from raysegment.registry import get_registry
-from raysegment.payload import unpack
-from raysegment.stages import pad_to_multiple
-from raysegment.train_data import list_pairs, load_pairs, parse_value_map
-from raysegment.training import TrainConfig, run_training
+from raysegment.io.payload import unpack
+from raysegment.plugin.padding import pad_to_multiple
+from raysegment.plugin.registry import get_registry
+from raysegment.plugin.spec import ModelSpec, resolve_model
+from raysegment.train.augment import AugmentConfig, augment, rng_for
+from raysegment.train.data import list_pairs, load_pairs, parse_value_map
+from raysegment.train.training import TrainConfig, run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "unet"

@@ -64,7 +64,7 @@ def models() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def models_list(as_json: bool) -> None:
     """Installed models, and plugins that failed to load with the reason."""
-    from raysegment.registry import get_registry
+    from raysegment.plugin.registry import get_registry
 
     reg = get_registry()
     rows = [
@@ -94,7 +94,7 @@ def models_list(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def models_show(name: str, as_json: bool) -> None:
     """Parameters with defaults, paper, output stride and parameter count of the default build."""
-    from raysegment.model_card import model_card
+    from raysegment.plugin.card import model_card
 
     card = model_card(name)
     if as_json:
@@ -125,9 +125,9 @@ def models_show(name: str, as_json: bool) -> None:
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Model parameter; repeatable.")
 @click.option("--smoke", is_flag=True, help="Start from the model's small smoke configuration, not its defaults.")
 def models_check(name: str, params: tuple[str, ...], smoke: bool) -> None:
-    """Run the conformance kit (raysegment.testing) against an installed model."""
-    from raysegment.model_spec import parse_params
-    from raysegment.registry import get_registry
+    """Run the conformance kit (raysegment.testing.conformance) against an installed model."""
+    from raysegment.plugin.registry import get_registry
+    from raysegment.plugin.spec import parse_params
     from raysegment.testing import check_model, format_results
 
     base = dict(get_registry().get(name).cls.smoke_params) if smoke else {}
@@ -197,8 +197,8 @@ def infer(input: str, output: str, model: str | None, checkpoint: str | None, pa
     or a CSV/Parquet manifest with a `uri` column. Credentials come from the
     environment (e.g. AWS_*), never from the command line.
     """
-    from raysegment.inference import InferenceConfig, run_inference
-    from raysegment.model_spec import parse_params
+    from raysegment.infer.pipeline import InferenceConfig, run_inference
+    from raysegment.plugin.spec import parse_params
 
     summary = run_inference(InferenceConfig(
         input=input, output=output, model=model, checkpoint=checkpoint, params=parse_params(params),
@@ -261,8 +261,8 @@ def train(data: str, masks: str | None, pair: str, val_images: str | None, val_m
     DATA is an image folder/prefix (with --masks) or a CSV/Parquet manifest with
     image_uri and mask_uri columns.
     """
-    from raysegment.model_spec import parse_params
-    from raysegment.training import TrainConfig, run_training
+    from raysegment.plugin.spec import parse_params
+    from raysegment.train.training import TrainConfig, run_training
 
     summary = run_training(TrainConfig(
         images=data, masks=masks, pair=pair, val_images=val_images, val_masks=val_masks, val_fraction=val_fraction,
@@ -296,7 +296,7 @@ def eval_(pred: str, gt: str, pair: str, mask_values: str, ignore_index: int, nu
     """
     import fsspec
 
-    from raysegment.evaluation import evaluate
+    from raysegment.eval.evaluation import evaluate
 
     names = [n.strip() for n in class_names.split(",")] if class_names else None
     result = evaluate(pred, gt, pair=pair, mask_values=mask_values, num_classes=num_classes, class_names=names,
@@ -316,7 +316,7 @@ def eval_(pred: str, gt: str, pair: str, mask_values: str, ignore_index: int, nu
 @click.option("--skip-label", "skip", multiple=True, type=int, help="Label left unpainted; repeatable.")
 def show(output: str, uri: str, out_path: str, alpha: float, skip: tuple[int, ...]) -> None:
     """Render the masks of one input URI from OUTPUT over its image, as a PNG."""
-    from raysegment.overlay import render_overlay
+    from raysegment.eval.overlay import render_overlay
 
     row = render_overlay(output, uri, out_path, alpha=alpha, skip_labels=skip)
     names = ", ".join(f"{s['label_name']} ({s['area']} px)" for s in row["segments"] or [])

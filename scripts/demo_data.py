@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from raysegment.checkpoint import save_checkpoint
-from raysegment.masks import row_label_map
-from raysegment.output import read_output
-from raysegment.registry import get_registry
+from raysegment.masks.rle import row_label_map
+from raysegment.output.root import read_output
+from raysegment.plugin.checkpoint import save_checkpoint
+from raysegment.plugin.registry import get_registry
 
 PARAMS = {"depth": 3, "base_channels": 8, "batch_norm": True, "class_names": "cell,membrane"}
 

@@ -79,7 +79,7 @@ def _paper_ref(paper: str) -> str:
 
 
 def render() -> str:
-    from raysegment.model_card import model_cards
+    from raysegment.plugin.card import model_cards
 
     cards = list(model_cards())
     lines = [INTRO]

@@ -80,8 +80,8 @@ def unet_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A small U-Net checkpoint made here, so weights are known and nothing is downloaded."""
     import torch
 
-    from raysegment.checkpoint import save_checkpoint
-    from raysegment.registry import get_registry
+    from raysegment.plugin.checkpoint import save_checkpoint
+    from raysegment.plugin.registry import get_registry
 
     info = get_registry().get("unet")
     plugin = info.create(SMALL_UNET)

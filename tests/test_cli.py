@@ -14,8 +14,8 @@ import pytest
 from conftest import write_bad_inputs
 from PIL import Image
 
-from raysegment.masks import row_label_map
-from raysegment.overlay import find_row
+from raysegment.eval.overlay import find_row
+from raysegment.masks.rle import row_label_map
 
 
 def cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -16,10 +16,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from raysegment.cli import main
-from raysegment.masks import row_label_map
-from raysegment.output import read_output
-from raysegment.plugin import Modality, ParamError
-from raysegment.registry import get_registry
+from raysegment.masks.rle import row_label_map
+from raysegment.output.root import read_output
+from raysegment.plugin.contract import Modality, ParamError
+from raysegment.plugin.registry import get_registry
 
 REGISTRY = get_registry()
 NAMES = sorted(REGISTRY.plugins)

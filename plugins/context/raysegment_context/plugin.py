@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from raysegment.plugin import Modality, Param, ParamError, SegmentationModel, Task
-
 from raysegment_context.common import BACKBONES, backbone_depth
 from raysegment_context.danet import DANetModule
 from raysegment_context.pspnet import PSPNetModule

@@ -16,12 +16,11 @@ from typing import Any, ClassVar
 
 import pytest
 
-from raysegment.registry import get_registry
-from raysegment.testing import ModelConformance, ModelLearns
+from raysegment.testing import ModelConformance, ModelLearns, installed_model
 
 
 def _smoke(name: str) -> dict[str, Any]:
-    return dict(get_registry().get(name).cls.smoke_params)
+    return dict(installed_model(name).cls.smoke_params)
 
 
 class TestPSPNetConformance(ModelConformance):

@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from raysegment.plugin import Modality, Param, ParamError, SegmentationModel, SemanticPrediction, Task
-
 from raysegment_deeplab.crf import CRF_EXTRA, crf_available, dense_crf
 
 __all__ = ["DeepLabV1", "DeepLabV2", "DeepLabV3", "DeepLabV3Plus", "RESNETS"]
@@ -187,7 +186,8 @@ class DeepLabV1(_DeepLab):
         return 8
 
     def build(self) -> nn.Module:
-        from raysegment_deeplab.deeplabv1 import DeepLabV1 as Net, vgg16_pretrained
+        from raysegment_deeplab.deeplabv1 import DeepLabV1 as Net
+        from raysegment_deeplab.deeplabv1 import vgg16_pretrained
 
         p = self.params
         net = Net(p["in_channels"], p["num_classes"], p["dropout"])

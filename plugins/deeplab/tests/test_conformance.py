@@ -7,9 +7,9 @@ from typing import Any, ClassVar
 import pytest
 
 from raysegment.testing import ModelConformance, ModelLearns
-
 from raysegment_deeplab import DeepLabV1, DeepLabV2, DeepLabV3, DeepLabV3Plus
 from raysegment_deeplab.crf import crf_available
+
 
 class _Coarse(ModelConformance):
     """All checks as the kit defines them (its training_step targets are block-constant at the output stride)."""

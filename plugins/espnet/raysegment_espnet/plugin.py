@@ -12,7 +12,6 @@ from typing import Any, ClassVar
 from torch import nn
 
 from raysegment.plugin import Modality, Param, ParamError, SegmentationModel, Task
-
 from raysegment_espnet.espnet import OUTPUT_STRIDE, ESPNetEncoder, ESPNetWithDecoder, validate_config
 
 __all__ = ["ESPNet", "ESPNetC", "ESPNetB", "ESPNetA"]

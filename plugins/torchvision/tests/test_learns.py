@@ -23,8 +23,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from raysegment.registry import get_registry
-from raysegment.testing import ModelLearns, learning_curve, tiny_em_set
+from raysegment.testing import ModelLearns, create_model, learning_curve, tiny_em_set
 
 #: fraction of the gap between the first loss and the reachable floor that training must close
 MIN_GAP_CLOSED = 0.6
@@ -59,7 +58,7 @@ class GridFloorLearns(ModelLearns):
             images, targets = tiny_em_set(size=self.size)
         except FileNotFoundError as exc:
             pytest.skip(f"{exc} (../shared/data is checked out beside the repo in CI)")
-        model = get_registry().create(str(self.model_name), dict(self.params))
+        model = create_model(str(self.model_name), dict(self.params))
         losses = learning_curve(model, images, targets, steps=self.steps, lr=self.lr)
         assert all(np.isfinite(losses)), f"non-finite loss: {losses}"
         floor = grid_floor(self.size, self.size // self.grid_stride)

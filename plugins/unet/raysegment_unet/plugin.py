@@ -17,9 +17,16 @@ from typing import Any, ClassVar
 import numpy as np
 from torch import nn
 
-from raysegment.plugin import InputError, Modality, Param, ParamError, Sample, SegmentationModel
-from raysegment.plugin import SemanticPrediction, Task
-
+from raysegment.plugin import (
+    InputError,
+    Modality,
+    Param,
+    ParamError,
+    Sample,
+    SegmentationModel,
+    SemanticPrediction,
+    Task,
+)
 from raysegment_unet import denseunet, resunet, unet3d
 from raysegment_unet.unet2d import UNet2d, validate_config
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from raysegment.testing import ModelConformance, ModelLearns
-
 from raysegment_unet import DenseUNet, ResUNet, UNet3D
 
 

@@ -14,8 +14,7 @@ from torch import nn
 
 import raysegment_unet.unet3d as unet3d_module
 from raysegment.plugin import InputError, Modality, ParamError, Sample, SegmentationModel, SemanticPrediction
-from raysegment.registry import get_registry
-from raysegment.testing import check_model
+from raysegment.testing import check_model, installed_model
 from raysegment_unet import UNet3D, UNet3d
 from raysegment_unet.unet3d import PAPER_PARAMETERS
 
@@ -89,7 +88,7 @@ def test_rejects_bad_input() -> None:
 def test_registered_as_unet3d_a_volume_model() -> None:
     (ep,) = [e for e in md.entry_points(group="raysegment.models") if e.name == "unet3d"]
     assert ep.value == "raysegment_unet.plugin:UNet3D"
-    info = get_registry().get("unet3d")
+    info = installed_model("unet3d")
     assert info.cls is UNet3D and info.distribution == "raysegment-unet"
     assert UNet3D.modality is Modality.VOLUME
     model = UNet3D()

@@ -1,0 +1,266 @@
+"""Scoring an inference output against ground truth, on Ray.
+
+The CLI's ``eval`` is a thin wrapper over :func:`evaluate`. Ground truth is a
+mask folder/prefix (matched by file stem through a pairing rule), a CSV/Parquet
+manifest with ``image_uri`` and ``mask_uri`` (matched by image URI), or a COCO
+annotation ``.json`` (matched by file basename). Ray Data reads the output's
+part files; each task decodes its rows' label maps, loads their masks and
+returns one partial confusion matrix, and the driver adds those up exactly:
+no mask ever reaches the driver, so memory does not grow with the dataset.
+
+A row that cannot be compared is counted, never fatal: an error row of the
+run, no ground truth, a mask of another size, or a failure (unreadable mask,
+a label outside the classes after ``mask_values``), with the first few named.
+
+Pixels no segment covers (instance outputs leave them; semantic outputs tile
+the image) are predicted class 0, which is background in COCO-style numbering
+and in :mod:`raysegment.io.coco`: "no object here" is a background prediction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from raysegment.criteria.metrics import ConfusionAccumulator, SegmentationMetrics
+from raysegment.errors import InputSpecError, describe_error
+from raysegment.io.coco import CocoSemantic, coco_ref, image_key, load_mask
+from raysegment.io.sources import list_inputs, read_manifest
+from raysegment.masks.rle import row_label_map
+from raysegment.output.root import OutputRoot
+from raysegment.plugin.contract import class_names_from
+from raysegment.runtime import ensure_ray
+
+# One stem rule and one mask-value mapping for training and evaluation.
+from raysegment.train.data import apply_value_map, parse_value_map
+from raysegment.uri import redact, stem
+
+__all__ = ["EvalResult", "evaluate"]
+
+EXAMPLES = 5  # problem URIs kept per kind, for the report
+ROWS_PER_TASK = 16
+_COUNTS = ("rows", "matched", "missing", "skipped_error_rows", "size_mismatch", "failed")
+
+
+@dataclasses.dataclass
+class EvalResult:
+    """Metrics over every matched row, and what could not be compared and why."""
+
+    pred: str
+    gt: str
+    metrics: SegmentationMetrics
+    rows: int  # rows in the output
+    matched: int  # rows compared pixel by pixel
+    missing: int  # ok rows with no ground truth
+    missing_gt: list[str]  # the first few of those
+    skipped_error_rows: int  # error rows of the inference run
+    size_mismatch: int  # ground truth of another size than the prediction
+    failed: int  # rows that could not be compared: unreadable mask, a label outside the classes
+    problems: list[str]  # the first few "uri: reason" of size mismatches and errors
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON: the counts, examples and :meth:`SegmentationMetrics.to_dict`."""
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "metrics"}
+        return {**out, "class_names": list(self.metrics.class_names), "metrics": self.metrics.to_dict()}
+
+    def format(self) -> str:
+        lines = [self.metrics.format_table(),
+                 f"rows {self.rows}  matched {self.matched}  missing gt {self.missing}  "
+                 f"error rows skipped {self.skipped_error_rows}  size mismatch {self.size_mismatch}  "
+                 f"failed {self.failed}"]
+        lines += [f"  no ground truth: {uri}" for uri in self.missing_gt]
+        lines += [f"  {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class _GtIndex:
+    """Maps a prediction row's URI to its mask reference; shipped to every task."""
+
+    kind: str  # "stem" | "uri" | "basename"
+    lookup: Mapping[str, str]
+    pair: str = "{stem}"
+
+    def ref_for(self, uri: str) -> str | None:
+        if self.kind == "stem":
+            return self.lookup.get(self.pair.format(stem=stem(uri)))
+        if self.kind == "basename":
+            return self.lookup.get(image_key(uri))
+        return self.lookup.get(uri)
+
+
+def _gt_index(gt: str, pair: str, storage_options: dict | None) -> tuple[_GtIndex, CocoSemantic | None]:
+    """Resolve the ground-truth spec once, on the driver, before Ray starts."""
+    lowered = gt.lower().split("?", 1)[0]
+    if lowered.endswith(".json"):
+        coco = CocoSemantic.load(gt, storage_options)
+        refs = {name: coco_ref(gt, image_id) for name, image_id in coco.image_ids_by_file_name.items()}
+        return _GtIndex("basename", refs), coco
+    if lowered.endswith((".csv", ".parquet")):
+        cols = read_manifest(gt, ["image_uri", "mask_uri"], storage_options)
+        # Output rows hold redacted URIs, so match on the redacted form.
+        return _GtIndex("uri", {redact(i): m for i, m in zip(cols["image_uri"], cols["mask_uri"])}), None
+    if "{stem}" not in pair:
+        raise ValueError(f"--pair must contain {{stem}}, got {pair!r}")
+    by_stem: dict[str, str] = {}
+    for uri in list_inputs(gt, storage_options):
+        by_stem.setdefault(stem(uri), uri)
+    return _GtIndex("stem", by_stem, pair), None
+
+
+_LABEL_NAMES = "__label_names__"  # the output's own names, kept apart from the plugin's parameters
+
+
+def _model_params(pred_files: Sequence[str], fs: Any) -> dict[str, Any]:
+    """The run's resolved model parameters (plus its label names), from the first row."""
+    import pyarrow.parquet as pq
+
+    with fs.open(pred_files[0], "rb") as f:
+        first = next(pq.ParquetFile(f).iter_batches(batch_size=1, columns=["model"]), None)
+        model = first.column(0)[0].as_py() if first is not None and first.num_rows else None
+    try:
+        params = json.loads((model or {}).get("params") or "{}")
+    except json.JSONDecodeError:
+        params = {}
+    if (model or {}).get("label_names"):
+        params[_LABEL_NAMES] = list(model["label_names"])
+    return params
+
+
+def _label_names(params: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """Names by output label as inference wrote them (sigmoid models add background)."""
+    if params.get(_LABEL_NAMES):
+        return tuple(params[_LABEL_NAMES])
+    if "num_classes" not in params:
+        return None
+    names = class_names_from(params.get("class_names") or "", int(params["num_classes"]))
+    return ("background", *names) if len(names) == 1 else names
+
+
+def _evaluate_batch(batch: Any, *, index: _GtIndex, num_classes: int, value_map: Mapping[int, int],
+                    ignore_index: int, storage_options: dict | None) -> dict[str, np.ndarray]:
+    """A block of output rows -> one row: the partial confusion matrix and the counts."""
+    acc = ConfusionAccumulator(num_classes, ignore_index)
+    counts = dict.fromkeys(_COUNTS, 0)
+    missing: list[str] = []
+    problems: list[str] = []
+    names: dict[int, str] = {}
+    for row in batch.to_pylist():
+        counts["rows"] += 1
+        if row["status"] != "ok":
+            counts["skipped_error_rows"] += 1
+            continue
+        ref = index.ref_for(row["uri"])
+        if ref is None:
+            counts["missing"] += 1
+            missing.append(row["uri"])
+            continue
+        for seg in row["segments"] or []:
+            names.setdefault(int(seg["label"]), seg["label_name"])
+        try:
+            target = apply_value_map(load_mask(ref, storage_options), value_map)
+            pred = row_label_map(row, fill=0)  # uncovered pixels: background (module docstring)
+            if target.shape != pred.shape:
+                counts["size_mismatch"] += 1
+                problems.append(f"{row['uri']}: mask is {target.shape[1]}x{target.shape[0]} "
+                                f"but the prediction is {pred.shape[1]}x{pred.shape[0]}")
+                continue
+            acc.update(pred, target)
+            counts["matched"] += 1
+        except Exception as exc:
+            counts["failed"] += 1
+            problems.append(f"{row['uri']}: {describe_error(exc)}")
+    out: dict[str, np.ndarray] = {k: np.array([v], dtype=np.int64) for k, v in counts.items()}
+    out["confusion"] = acc.matrix.reshape(1, -1)
+    out["examples"] = np.array([json.dumps({"missing": missing[:EXAMPLES], "problems": problems[:EXAMPLES],
+                                            "names": names})], dtype=object)
+    return out
+
+
+def _resolve_classes(params: Mapping[str, Any], coco: CocoSemantic | None, num_classes: int | None,
+                     class_names: Sequence[str] | None) -> tuple[int, tuple[str, ...], bool]:
+    """(K, names, whether the names are final) before any row is read.
+
+    Names given by the caller or the COCO file are final; otherwise the
+    segments' label names (which carry checkpoint names) refine them later.
+    """
+    names = _label_names(params)
+    k = num_classes or (len(names) if names else None)
+    if coco is not None:
+        if k is not None and k != coco.num_classes:
+            raise ValueError(f"the predictions have {k} classes but COCO file {coco.source} has "
+                             f"{coco.num_classes} (background + {coco.num_classes - 1} categories)")
+        k, names = coco.num_classes, coco.class_names
+    if k is None:
+        raise ValueError("the output's model parameters give no num_classes; pass num_classes")
+    if class_names is not None:
+        if len(class_names) != k or len(set(class_names)) != k:
+            raise ValueError(f"{len(class_names)} class names given for {k} classes; give {k} distinct names")
+        return k, tuple(class_names), True
+    if names is None or len(names) != k:
+        names = tuple(f"class_{i}" for i in range(k))
+    return k, names, coco is not None
+
+
+def evaluate(pred: str, gt: str, *, pair: str = "{stem}", mask_values: str | Mapping[int, int] = "",
+             num_classes: int | None = None, class_names: Sequence[str] | None = None, ignore_index: int = 255,
+             storage_options: dict | None = None, address: str | None = None) -> EvalResult:
+    """Score the output root ``pred`` against ``gt``; see the module docstring for the GT forms.
+
+    Classes default to the run's model parameters and the segments' label
+    names (a COCO ground truth brings its own names and must have as many).
+    Reuses an initialised Ray, else starts one (or joins ``address``) and
+    stops it again.
+    """
+    value_map = parse_value_map(mask_values)
+    root = OutputRoot(pred, storage_options)
+    files = sorted(root.fs.glob(root.join("part-*.parquet")))
+    if not files:
+        raise InputSpecError(f"no part-*.parquet files under {root.shown}: not a raysegment output")
+    index, coco = _gt_index(gt, pair, storage_options)
+    k, names, final = _resolve_classes(_model_params(files, root.fs), coco, num_classes, class_names)
+    if 0 <= ignore_index < k:
+        raise ValueError(f"ignore index {ignore_index} is one of the {k} class ids; pick another")
+
+    import pyarrow.fs as pafs
+    import ray
+    import ray.data
+
+    started = ensure_ray(address)
+    try:
+        ds = ray.data.read_parquet(files, filesystem=pafs.PyFileSystem(pafs.FSSpecHandler(root.fs)),
+                                   columns=["uri", "status", "height", "width", "segments"])
+        ds = ds.map_batches(_evaluate_batch, batch_size=ROWS_PER_TASK, batch_format="pyarrow", num_cpus=1,
+                            fn_kwargs={"index": index, "num_classes": k, "value_map": value_map,
+                                       "ignore_index": ignore_index, "storage_options": storage_options})
+        total = np.zeros(k * k, dtype=np.int64)
+        counts = dict.fromkeys(_COUNTS, 0)
+        missing: list[str] = []
+        problems: list[str] = []
+        seen: dict[int, str] = {}
+        for part in ds.iter_batches(batch_format="numpy", batch_size=64):
+            total += part["confusion"].sum(axis=0)
+            for key in _COUNTS:
+                counts[key] += int(part[key].sum())
+            for text in part["examples"]:
+                ex = json.loads(text)
+                missing += ex["missing"][: EXAMPLES - len(missing)]
+                problems += ex["problems"][: EXAMPLES - len(problems)]
+                for label, name in ex["names"].items():
+                    seen.setdefault(int(label), name)
+    finally:
+        if started:
+            ray.shutdown()
+    if not counts["matched"]:
+        first = problems[0] if problems else (f"no ground truth for {missing[0]}" if missing else "no ok rows")
+        raise ValueError(f"no output row could be compared with {redact(gt)}: {first}")
+    if not final:
+        merged = tuple(seen.get(i, name) for i, name in enumerate(names))
+        names = merged if len(set(merged)) == k else names
+    metrics = SegmentationMetrics.from_confusion(total.reshape(k, k), names if len(set(names)) == k else None)
+    return EvalResult(pred=root.shown, gt=redact(gt), metrics=metrics, missing_gt=missing, problems=problems,
+                      **counts)

@@ -1,0 +1,179 @@
+"""The output root: its run manifest, resume and overwrite rules, and reading it back.
+
+An output root holds ``part-NNNNNN.parquet`` (one per committed shard),
+``_raysegment.json`` (what produced it) and, once finished, ``_SUCCESS``.
+Names starting with ``_`` are skipped by pyarrow and pandas dataset readers,
+so ``pd.read_parquet(root)`` sees exactly the committed rows; DuckDB does not
+skip them, so read ``root/part-*.parquet`` there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from raysegment import __version__
+from raysegment.io.sources import Shard
+from raysegment.output.schema import OUTPUT_SCHEMA, SCHEMA_VERSION
+from raysegment.output.sink import STAGING, part_name, staging_dir
+from raysegment.uri import redact
+
+__all__ = ["OutputError", "OutputRoot", "RunManifest", "read_output"]
+
+MANIFEST = "_raysegment.json"
+SUCCESS = "_SUCCESS"
+#: Per-scene files of tiled runs (``--mask-raster``, ``--polygons``). The leading underscore
+#: keeps them out of a Parquet dataset read of the output root (pyarrow, pandas, Ray skip it).
+MASKS_FOLDER, POLYGONS_FOLDER = "_masks", "_polygons"
+SIDECAR_FOLDERS = (MASKS_FOLDER, POLYGONS_FOLDER)
+
+
+class OutputError(ValueError):
+    """The output root cannot be used as asked (exists, differs, unwritable)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunManifest:
+    """What a run was asked to do; a resume must ask for the same thing."""
+
+    input: str  # redacted
+    num_items: int
+    shard_size: int
+    listing_sha256: str
+    model: dict[str, Any]
+    tiling: dict[str, Any] | None = None  # the tiling of a tiled run (tile, overlap, blend, ...), else None
+    schema_version: str = SCHEMA_VERSION
+    raysegment_version: str = __version__
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that must match for a resume to be safe."""
+        return {
+            "num_items": self.num_items,
+            "shard_size": self.shard_size,
+            "listing_sha256": self.listing_sha256,
+            "model": self.model,
+            "tiling": self.tiling,
+            "schema_version": self.schema_version,
+        }
+
+
+class OutputRoot:
+    """An fsspec directory that receives one run's Parquet parts."""
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
+        if not url or not url.strip():
+            raise OutputError("output is empty: no output path given")
+        self.url = url
+        self.shown = redact(url)
+        try:
+            self.fs, self.path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        except (ImportError, ValueError) as exc:
+            raise OutputError(f"cannot write {self.shown}: {exc}") from None
+        self.path = self.path.rstrip("/") or "/"
+
+    def join(self, name: str) -> str:
+        return f"{self.path}/{name}"
+
+    def _entries(self) -> list[str]:
+        try:
+            return [p.rsplit("/", 1)[-1] for p in self.fs.ls(self.path, detail=False)]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def committed(self, shards: Sequence[Shard]) -> set[int]:
+        names = set(self._entries())
+        return {s.id for s in shards if part_name(s.id) in names}
+
+    def prepare(self, manifest: RunManifest, *, resume: bool, overwrite: bool) -> None:
+        """Check the root before any work starts, and claim it by writing the manifest."""
+        self.fs.invalidate_cache()
+        if self.fs.exists(self.path) and not self.fs.isdir(self.path):
+            raise OutputError(f"output {self.shown} exists and is a file, not a directory")
+        entries = self._entries()
+        if entries:
+            if MANIFEST not in entries:
+                raise OutputError(f"output {self.shown} is not empty and holds no raysegment run; choose a new path")
+            if overwrite:
+                self._clear(entries)
+            elif resume:
+                self._check_same_run(manifest)
+            else:
+                raise OutputError(f"output {self.shown} already holds a run; pass --resume to finish it or --overwrite")
+        elif resume:
+            pass  # nothing to resume: a fresh run
+        self._write_json(MANIFEST, {**dataclasses.asdict(manifest), "written": time.time()})
+
+    def _check_same_run(self, manifest: RunManifest) -> None:
+        with self.fs.open(self.join(MANIFEST), "rb") as f:
+            old = json.loads(f.read())
+        want = manifest.identity()
+        for key, value in want.items():
+            if old.get(key) != value:
+                raise OutputError(
+                    f"cannot --resume {self.shown}: its {key.replace('_', ' ')} differs from this run's; "
+                    "use the same input, shard size, model and tiling, or --overwrite"
+                )
+
+    def _clear(self, entries: list[str]) -> None:
+        for name in entries:
+            if name.startswith("part-") or name in (MANIFEST, SUCCESS, STAGING, *SIDECAR_FOLDERS):
+                self.fs.rm(self.join(name), recursive=True)
+
+    def clear_staging(self, shard_ids: Sequence[int]) -> None:
+        """Drop fragments a killed run left for shards that will be redone."""
+        for shard in shard_ids:
+            path = self.join(staging_dir(shard))
+            if self.fs.exists(path):
+                self.fs.rm(path, recursive=True)
+        self.fs.invalidate_cache()
+
+    def _write_json(self, name: str, obj: dict[str, Any]) -> None:
+        """Write-then-rename; also the writability check, so it runs before Ray starts."""
+        tmp = self.join(f"{STAGING}/tmp-{uuid.uuid4().hex}.json")
+        try:
+            self.fs.makedirs(self.join(STAGING), exist_ok=True)
+            with self.fs.open(tmp, "w") as f:
+                json.dump(obj, f, indent=2, sort_keys=True, default=str)
+            self.fs.mv(tmp, self.join(name))
+        except (PermissionError, OSError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise OutputError(f"cannot write output {self.shown}: {reason}") from None
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Mark the run complete, then drop the (by now empty) staging area."""
+        self._write_json(SUCCESS, summary)
+        try:
+            if self.fs.exists(self.join(STAGING)) and not self.fs.find(self.join(STAGING)):
+                self.fs.rm(self.join(STAGING), recursive=True)
+        except FileNotFoundError:
+            pass
+
+    def status_counts(self) -> tuple[int, int, int]:
+        """(rows, ok rows, distinct indices) over every committed part file."""
+        table = self.read(columns=["index", "status"])
+        ok = int(pc.sum(pc.equal(table.column("status"), "ok")).as_py() or 0)
+        distinct = len(pc.unique(table.column("index")))
+        return table.num_rows, ok, distinct
+
+    def read(self, columns: list[str] | None = None) -> pa.Table:
+        self.fs.invalidate_cache()
+        files = sorted(self.join(n) for n in self._entries() if n.startswith("part-") and n.endswith(".parquet"))
+        if not files:
+            return OUTPUT_SCHEMA.empty_table().select(columns or OUTPUT_SCHEMA.names)
+        dataset = pads.dataset(files, schema=OUTPUT_SCHEMA, format="parquet", filesystem=self.fs)
+        return dataset.to_table(columns=columns)
+
+
+def read_output(url: str, columns: list[str] | None = None, storage_options: dict[str, Any] | None = None) -> pa.Table:
+    """Every committed row of an output root, as one Arrow table sorted by input index."""
+    table = OutputRoot(url, storage_options).read(columns=columns)
+    return table.sort_by("index") if "index" in table.column_names else table

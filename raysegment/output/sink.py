@@ -1,0 +1,149 @@
+"""A Ray Data ``Datasink`` that writes one Parquet file per input shard, atomically.
+
+Rows of one shard reach the sink spread over many write tasks. Each task
+writes its rows as *fragments* under ``_staging/shard-NNNNNN/`` (every file
+first under a temporary name, then renamed), and then tries to commit the
+shards it touched: once a shard's fragments hold every one of its item
+indices, they are merged, sorted and de-duplicated by index, written to a
+temporary file and renamed to ``part-NNNNNN.parquet``. A reader never sees a
+half file, a retried task can never duplicate a row, and the commit is
+idempotent, so two tasks racing to commit the same shard write the same bytes.
+``on_write_complete`` sweeps once more and fails loudly if a shard is short.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from ray.data.block import Block
+from ray.data.datasource import Datasink
+from ray.data.datasource.datasink import WriteResult
+
+from raysegment.output.schema import OUTPUT_SCHEMA
+
+__all__ = ["ShardedParquetSink", "part_name", "STAGING", "IncompleteOutputError"]
+
+STAGING = "_staging"
+
+
+class IncompleteOutputError(RuntimeError):
+    """A shard could not be committed with all of its rows: something was lost."""
+
+
+def part_name(shard: int) -> str:
+    return f"part-{shard:06d}.parquet"
+
+
+def staging_dir(shard: int) -> str:
+    return f"{STAGING}/shard-{shard:06d}"
+
+
+@dataclasses.dataclass
+class _Layout:
+    """Paths under the output root, and atomic writes there."""
+
+    root: str
+    storage_options: dict[str, Any]
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        fs, _ = fsspec.core.url_to_fs(self.root, **self.storage_options)
+        return fs
+
+    def path(self, relative: str) -> str:
+        _, root = fsspec.core.url_to_fs(self.root, **self.storage_options)
+        return root.rstrip("/") + "/" + relative
+
+    def write_atomic(self, relative: str, table: pa.Table) -> None:
+        fs = self.fs
+        final = self.path(relative)
+        tmp = self.path(f"{STAGING}/tmp-{uuid.uuid4().hex}.parquet")
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+        fs.makedirs(tmp.rsplit("/", 1)[0], exist_ok=True)
+        with fs.open(tmp, "wb") as f:
+            f.write(buf.getvalue())
+        fs.mv(tmp, final)
+
+
+def _fragment_rows(path: str) -> int:
+    return int(path.rsplit("/", 1)[-1].split("-")[1])
+
+
+class ShardedParquetSink(Datasink[list[int]]):
+    """Commit each shard as soon as all its rows have been written.
+
+    ``expected`` maps shard id -> the item indices the shard must hold.
+    ``write`` returns the shards it committed.
+    """
+
+    def __init__(self, root: str, expected: Mapping[int, range], storage_options: dict[str, Any] | None = None):
+        self.layout = _Layout(root, dict(storage_options or {}))
+        self.expected = {int(k): v for k, v in expected.items()}
+
+    @property
+    def supports_distributed_writes(self) -> bool:
+        return True
+
+    def get_name(self) -> str:
+        return "ShardedParquet"
+
+    def write(self, blocks: Iterable[Block], ctx: Any) -> list[int]:
+        tables = [b if isinstance(b, pa.Table) else pa.Table.from_pandas(b, schema=OUTPUT_SCHEMA) for b in blocks]
+        tables = [t for t in tables if t.num_rows]
+        if not tables:
+            return []
+        table = pa.concat_tables([t.cast(OUTPUT_SCHEMA) for t in tables])
+        touched = sorted(set(table.column("shard").to_pylist()))
+        for shard in touched:
+            part = table.filter(pc.equal(table.column("shard"), shard))
+            name = f"{staging_dir(shard)}/frag-{part.num_rows:08d}-{uuid.uuid4().hex}.parquet"
+            self.layout.write_atomic(name, part)
+        return [s for s in touched if self.try_commit(s)]
+
+    def try_commit(self, shard: int) -> bool:
+        """Merge a shard's fragments into its part file if they are complete."""
+        layout, fs = self.layout, self.layout.fs
+        staging = layout.path(staging_dir(shard))
+        try:
+            names = sorted(p for p in fs.ls(staging, detail=False) if p.endswith(".parquet"))
+        except FileNotFoundError:
+            return fs.exists(layout.path(part_name(shard)))
+        want = self.expected[shard]
+        rows = sum(_fragment_rows(p) for p in names)  # from names alone: no reads until complete
+        if rows < len(want):
+            return False
+        fragments = []
+        for p in names:
+            try:
+                with fs.open(p, "rb") as f:
+                    fragments.append(pq.read_table(f, schema=OUTPUT_SCHEMA))
+            except FileNotFoundError:  # a racing commit already cleaned up
+                return fs.exists(layout.path(part_name(shard)))
+        merged = pa.concat_tables(fragments).sort_by("index")
+        indices = merged.column("index").to_numpy()
+        keep = [0] + [i for i in range(1, len(indices)) if indices[i] != indices[i - 1]]
+        merged = merged.take(keep)
+        if merged.column("index").to_pylist() != list(want):
+            return False
+        layout.write_atomic(part_name(shard), merged)
+        try:
+            fs.rm(staging, recursive=True)
+        except FileNotFoundError:
+            pass
+        return True
+
+    def on_write_complete(self, write_result: WriteResult[list[int]]) -> None:
+        committed = {s for r in write_result.write_returns for s in r}
+        short = [s for s in sorted(self.expected) if s not in committed and not self.try_commit(s)]
+        if short:
+            raise IncompleteOutputError(f"{len(short)} shard(s) could not be committed complete, first: {short[0]}")

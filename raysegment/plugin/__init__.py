@@ -1,0 +1,25 @@
+"""The model-plugin contract: the public face that plugin authors import.
+
+A plugin subclasses :class:`SegmentationModel`, declares its :class:`Param` s and
+registers the class under the ``raysegment.models`` entry-point group. The
+contract itself lives in :mod:`raysegment.plugin.contract`; this package also
+holds the registry, model specs and cards, checkpoints and pretrained weights,
+whose plugin-facing parts are :mod:`raysegment.weights` and :mod:`raysegment.checkpoint`.
+"""
+
+from raysegment.plugin.contract import (
+    InputError,
+    InstancePrediction,
+    Modality,
+    Param,
+    ParamError,
+    Prediction,
+    Sample,
+    SegmentationModel,
+    SemanticPrediction,
+    Task,
+    class_names_from,
+    with_aux_losses,
+)
+
+from raysegment.plugin.contract import __all__  # noqa: E402  (the face is the contract)

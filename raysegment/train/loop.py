@@ -1,0 +1,201 @@
+"""The per-worker training loop that Ray Train runs (one process per GPU, or CPU workers).
+
+Kept apart from the driver code in :mod:`raysegment.train.training` because it runs
+inside Ray Train workers: it sees only its dataset shard, synchronises through
+DDP and ``all_reduce``, and persists through ``ray.train.report``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
+
+from raysegment.criteria.losses import build_loss
+from raysegment.criteria.metrics import ConfusionAccumulator
+from raysegment.io.payload import unpack
+from raysegment.plugin.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from raysegment.plugin.contract import with_aux_losses
+from raysegment.plugin.padding import pad_to_multiple
+from raysegment.train.augment import AugmentConfig, augment, rng_for
+
+__all__ = ["Collate", "train_loop_per_worker"]
+
+STATE = "train_state.pt"
+MODEL = "model.pt"
+
+
+class Collate(NumpyBatchCollateFn):
+    """Numpy rows -> padded tensors, augmenting on the CPU with per-item seeds.
+
+    Each item's augmentation depends only on (seed, epoch, item index), so a
+    run is reproducible whatever the number of workers and across resumes.
+    """
+
+    def __init__(self, config: AugmentConfig, seed: int, epoch: int, divisor: int, ignore_index: int):
+        self.config, self.seed, self.epoch = config, seed, epoch
+        self.divisor, self.ignore_index = divisor, ignore_index
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        images, targets, weights = [], [], []
+        for index, payload in zip(batch["index"], batch["payload"]):
+            arrays = unpack(payload)
+            image = np.ascontiguousarray(arrays["image"].transpose(1, 2, 0))
+            image, target, weight = augment(image, arrays["target"], rng_for(self.seed, self.epoch, int(index)),
+                                            self.config, weight=arrays.get("weight"))
+            image = pad_to_multiple(np.ascontiguousarray(image.transpose(2, 0, 1)), self.divisor)
+            pad = [(0, image.shape[-2] - target.shape[0]), (0, image.shape[-1] - target.shape[1])]
+            targets.append(np.pad(target, pad, constant_values=self.ignore_index))
+            weights.append(np.pad(weight, pad) if weight is not None else None)
+            images.append(image)
+        shapes = {t.shape for t in targets}
+        if len(shapes) > 1:
+            raise ValueError(f"a batch mixes sizes {sorted(shapes)}; add a crop to --augment (e.g. crop=256)")
+        out = {"image": torch.from_numpy(np.stack(images).astype(np.float32)),
+               "target": torch.from_numpy(np.stack(targets).astype(np.int64))}
+        if all(w is not None for w in weights):
+            out["weight"] = torch.from_numpy(np.stack(weights).astype(np.float32))
+        return out
+
+
+def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(tensor)
+    return tensor
+
+
+def _restore(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return {"epoch": -1, "best": -math.inf, "history": []}
+    with checkpoint.as_directory() as folder:
+        load_weights(module, load_checkpoint(os.path.join(folder, MODEL)).state_dict)
+        state = torch.load(os.path.join(folder, STATE), map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    return {"epoch": int(state["epoch"]), "best": float(state["best"]), "history": json.loads(state["history"])}
+
+
+def _validation_rows(cfg: dict[str, Any], rank: int, world: int) -> Any:
+    """This rank's share of the validation pairs, every pair exactly once across ranks.
+
+    Built here rather than split by Ray Train, whose equal split drops the
+    remainder: validation must score every pair.
+    """
+    import ray.data
+
+    from raysegment.train.data import load_pairs
+
+    rows = cfg["val_rows"][rank::world]
+    if not rows:
+        return None
+    return ray.data.from_items(rows).map_batches(load_pairs, batch_size=4, batch_format="numpy",
+                                                 fn_kwargs=cfg["load_kwargs"])
+
+
+def _evaluate(model: torch.nn.Module, plugin: Any, shard: Any, collate: Collate, batch_size: int,
+              device: torch.device) -> ConfusionAccumulator:
+    acc = ConfusionAccumulator(max(plugin.num_classes, 2), plugin.ignore_index)
+    model.eval()
+    with torch.no_grad():
+        for batch in (shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate) if shard is not None else []):
+            labels = plugin.reduce(plugin.forward(model, batch["image"].to(device)))["labels"].cpu().numpy()
+            acc.update(labels.astype(np.int64), batch["target"].numpy())
+    matrix = _all_reduce(torch.from_numpy(acc.matrix))
+    return ConfusionAccumulator.from_matrix(matrix.numpy(), plugin.ignore_index)
+
+
+def train_loop_per_worker(cfg: dict[str, Any]) -> None:
+    """One worker's epochs: train on its shard, validate exactly, report and checkpoint."""
+    import ray.train
+    import ray.train.torch
+
+    spec, seed = cfg["spec"], int(cfg["seed"])
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))  # Ray pins CPU workers to one thread otherwise
+    plugin = spec.plugin()
+    torch.manual_seed(seed)
+    module = plugin.build()
+    if cfg.get("init_checkpoint"):
+        load_weights(module, load_checkpoint(cfg["init_checkpoint"], cfg.get("storage_options")).state_dict)
+    optimizer = torch.optim.Adam(module.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    state = _restore(module, optimizer)
+    model = ray.train.torch.prepare_model(module)
+    device = ray.train.torch.get_device()
+    loss_fn = build_loss(cfg["loss"], num_classes=plugin.num_classes, ignore_index=plugin.ignore_index,
+                         class_weights=cfg.get("class_weights"))
+    divisor = int(getattr(plugin, "size_divisor", 1) or 1)
+    augment_config = AugmentConfig.parse(cfg["augment"])
+    plain = AugmentConfig.none()
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = _validation_rows(cfg, rank, context.get_world_size())
+    history, best = state["history"], state["best"]
+    for epoch in range(state["epoch"] + 1, int(cfg["epochs"])):
+        model.train()
+        start = time.perf_counter()
+        sums = torch.zeros(3, dtype=torch.float64)  # loss * n, n, batches
+        collate = Collate(augment_config, seed, epoch, divisor, plugin.ignore_index)
+        for batch in train_shard.iter_torch_batches(batch_size=cfg["batch_size"], collate_fn=collate):
+            output = plugin.forward(model, batch["image"].to(device, non_blocking=True))
+            weight, target = batch.get("weight"), batch["target"].to(device)
+            weight = None if weight is None else weight.to(device)
+            loss = with_aux_losses(output, lambda logits: loss_fn(logits, target, weight), plugin.aux_loss_weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            n = batch["image"].shape[0]
+            sums += torch.tensor([float(loss.detach()) * n, n, 1], dtype=torch.float64)
+        _all_reduce(sums)
+        seconds = time.perf_counter() - start
+        val = _evaluate(model, plugin, val_shard, Collate(plain, seed, epoch, divisor, plugin.ignore_index),
+                        cfg["batch_size"], device).metrics(list(cfg["label_names"]))
+        metrics = {
+            "epoch": epoch,
+            "train_loss": float(sums[0] / max(sums[1], 1)),
+            "train_images": int(sums[1]),
+            "images_per_s": float(sums[1]) / seconds if seconds > 0 else 0.0,
+            "seconds": seconds,
+            "val_miou": _finite(val.miou),
+            "val_macc": _finite(val.macc),
+            "val_pixel_acc": _finite(val.pixel_acc),
+            "val_pixels": int(val.confusion.sum()),  # every labelled validation pixel, counted once
+            "val_iou": {k: v["iou"] for k, v in val.to_dict()["per_class"].items()},
+        }
+        history.append(metrics)
+        best = max(best, metrics["val_miou"])
+        if rank == 0:
+            print(f"epoch {epoch + 1}/{cfg['epochs']}  loss {metrics['train_loss']:.4f}  "
+                  f"val mIoU {metrics['val_miou']:.4f}  mAcc {metrics['val_macc']:.4f}  "
+                  f"{metrics['images_per_s']:.2f} img/s", flush=True)
+            with tempfile.TemporaryDirectory() as folder:
+                unwrapped = model.module if hasattr(model, "module") else model
+                save_checkpoint(os.path.join(folder, MODEL), state_dict=unwrapped.state_dict(), plugin=spec.name,
+                                plugin_version=spec.version, params=dict(spec.params),
+                                class_names=list(spec.class_names), metrics=metrics)
+                torch.save({"optimizer": optimizer.state_dict(), "epoch": epoch, "best": best,
+                            "history": json.dumps(history)}, os.path.join(folder, STATE))
+                ray.train.report(_flat(metrics), checkpoint=ray.train.Checkpoint.from_directory(folder))
+            if cfg.get("run") is not None:
+                cfg["run"].write_history(history)  # progress survives a crash
+        else:
+            ray.train.report(_flat(metrics), checkpoint=None)
+
+
+def _finite(value: float) -> float:
+    return float(value) if value == value else 0.0  # NaN (no labelled pixel) scores 0
+
+
+def _flat(metrics: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+    out.update({f"val_iou/{k}": (-1.0 if v is None else v) for k, v in metrics["val_iou"].items()})
+    return out

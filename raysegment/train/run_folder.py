@@ -1,0 +1,75 @@
+"""A training run's folder ``STORAGE/NAME`` on any fsspec filesystem, and the files in it.
+
+Shared by the driver (checks, report, best checkpoint) and rank 0 of the
+training workers (metrics and curves after every epoch).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import fsspec
+
+from raysegment.uri import redact
+
+__all__ = ["RunFolder", "METRICS", "CURVES"]
+
+METRICS = "metrics.jsonl"
+CURVES = "curves.png"
+
+
+class RunFolder:
+    """The run folder ``STORAGE/NAME`` on any fsspec filesystem."""
+
+    def __init__(self, storage: str, name: str, storage_options: dict[str, Any]):
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"--name must be a plain folder name, got {name!r}")
+        self.fs, root = fsspec.core.url_to_fs(storage, **storage_options)
+        self.root = root.rstrip("/")
+        self.path = f"{self.root}/{name}"
+        self.url = f"{storage.rstrip('/')}/{name}"
+
+    def write(self, name: str, data: bytes) -> None:
+        with self.fs.open(f"{self.path}/{name}", "wb") as f:
+            f.write(data)
+
+    def check(self, resume: bool) -> None:
+        exists = self.fs.exists(self.path) and bool(self.fs.ls(self.path))
+        if exists and not resume:
+            raise ValueError(f"run {redact(self.url)} already exists; pass --resume to continue it or pick --name")
+        try:
+            self.fs.makedirs(self.path, exist_ok=True)
+            self.write(".raysegment-probe", b"ok")
+            self.fs.rm(f"{self.path}/.raysegment-probe")
+        except (OSError, PermissionError) as exc:
+            raise ValueError(f"cannot write to --storage {redact(self.url)}: {getattr(exc, 'strerror', None) or exc}") from None
+
+    def arrow_filesystem(self) -> tuple[str, Any]:
+        """(path, pyarrow filesystem) for Ray Train, wrapping the same fsspec filesystem."""
+        from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+        return self.root, PyFileSystem(FSSpecHandler(self.fs))
+
+    def write_history(self, history: list[dict[str, Any]]) -> None:
+        """metrics.jsonl and curves.png, rewritten after every epoch so a crashed run keeps them."""
+        self.write(METRICS, "".join(json.dumps(h) + "\n" for h in history).encode())
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        epochs = [h["epoch"] + 1 for h in history]
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+        ax1.plot(epochs, [h["train_loss"] for h in history], marker="o")
+        ax1.set(xlabel="epoch", ylabel="training loss", title="loss")
+        for key in ("val_miou", "val_macc", "val_pixel_acc"):
+            ax2.plot(epochs, [h[key] for h in history], marker="o", label=key.replace("val_", ""))
+        ax2.set(xlabel="epoch", ylabel="validation", title="validation", ylim=(0, 1))
+        ax2.legend()
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        plt.close(fig)
+        self.write(CURVES, buf.getvalue())

@@ -1,0 +1,245 @@
+"""Distributed training as a Python API; the CLI's ``train`` is a thin wrapper.
+
+The driver checks everything it can before Ray starts (model, loss, augment
+spec, data listing, storage), then runs one Ray Data pass that checks every
+pair and writes the training-data report, then hands streaming datasets to a
+Ray Train ``TorchTrainer``. Checkpoints and the run's files live under
+``STORAGE/NAME``; rerunning the same command with ``resume=True`` continues
+from the last checkpoint (Ray Train restores runs by storage path and name).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from raysegment.criteria.losses import build_loss
+from raysegment.io.decoders import DecodeLimits
+from raysegment.plugin.spec import ModelSpec, resolve_model
+from raysegment.runtime import ensure_ray
+from raysegment.train.augment import AugmentConfig
+from raysegment.train.data import TrainPair, WeightMapOptions, list_pairs, load_pairs, parse_value_map, split_pairs
+from raysegment.train.run_folder import RunFolder
+from raysegment.uri import redact
+
+__all__ = ["TrainConfig", "TrainSummary", "TrainingDataError", "run_training"]
+
+log = logging.getLogger("raysegment")
+
+REPORT = "data_report.parquet"
+BEST = "best.pt"
+
+
+class TrainingDataError(ValueError):
+    """Bad training pairs with ``bad_data="fail"``, or nothing left to train on."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    images: str
+    masks: str | None = None  # None: ``images`` is a manifest with image_uri, mask_uri
+    pair: str = "{stem}"
+    val_images: str | None = None
+    val_masks: str | None = None
+    val_fraction: float = 0.2
+    model: str | None = None
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    init_checkpoint: str | None = None
+    epochs: int = 10
+    batch_size: int = 4
+    workers: int = 2
+    use_gpu: bool = False
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    loss: str = "ce"
+    class_weights: Sequence[float] | None = None
+    augment: str = "flip,rot90"
+    mask_values: str = ""
+    weight_map: WeightMapOptions | None = None  # made automatically when the loss needs one
+    storage: str = "runs"
+    name: str = "train"
+    resume: bool = False
+    seed: int = 0
+    bad_data: str = "skip"  # skip | fail
+    max_failures: int = 2
+    address: str | None = None
+    storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class TrainSummary:
+    run: str
+    epochs: int
+    best_val_miou: float
+    best_checkpoint: str
+    pairs_ok: int
+    pairs_bad: int
+    seconds: float
+    history: list[dict[str, Any]]
+
+    def format(self) -> str:
+        return (f"trained {self.epochs} epoch(s) in {self.seconds:.0f}s; best val mIoU {self.best_val_miou:.4f}\n"
+                f"best checkpoint: {self.best_checkpoint}\nrun: {self.run}  "
+                f"(pairs ok {self.pairs_ok}, skipped {self.pairs_bad}; report {REPORT})")
+
+
+def _pair_rows(pairs: Sequence[TrainPair], start: int = 0) -> list[dict[str, Any]]:
+    return [{"index": start + i, "image_uri": p.image, "mask_uri": p.mask} for i, p in enumerate(pairs)]
+
+
+def _check_data(rows: list[dict[str, Any]], spec: ModelSpec, cfg: TrainConfig, value_map: dict[int, int],
+                run: RunFolder, unpaired: list[tuple[str, str]]) -> set[int]:
+    """One Ray Data pass over every pair: the report rows, and the indices of the good pairs."""
+    import ray.data
+
+    ds = ray.data.from_items(rows).map_batches(
+        load_pairs, batch_size=8, batch_format="numpy",
+        fn_kwargs={"spec": spec, "value_map": value_map, "storage_options": cfg.storage_options,
+                   "keep_arrays": False})
+    columns = ["index", "image_uri", "mask_uri", "status", "error", "height", "width"]
+    out: dict[str, list[Any]] = {c: [] for c in columns}
+    good: set[int] = set()
+    for batch in ds.iter_batches(batch_format="numpy", batch_size=256):
+        for i in range(len(batch["index"])):
+            ok = batch["status"][i] == "ok"
+            for c in columns:
+                value = batch[c][i]
+                out[c].append(value.item() if hasattr(value, "item") else value)
+            out["error"][-1] = None if ok else out["error"][-1]
+            if ok:
+                good.add(int(batch["index"][i]))
+    for uri, reason in unpaired:
+        for c, v in zip(columns, [-1, uri, None, "error", reason, 0, 0]):
+            out[c].append(v)
+    buf = io.BytesIO()
+    pq.write_table(pa.table(out), buf)
+    run.write(REPORT, buf.getvalue())
+    return good
+
+
+def _ordered_ingest() -> Any:
+    """Ray Train's default ingest, but order-preserving: with the seeded split, weights and
+    augmentations, a rerun feeds each worker the same items in the same order."""
+    from ray.train import DataConfig
+
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return DataConfig(execution_options=options)
+
+
+def _threads(resources: Mapping[str, float]) -> int | None:
+    """Torch threads for a CPU worker: its whole CPU share (Ray would pin it to one)."""
+    return None if resources.get("GPU") else max(1, int(resources["CPU"]))
+
+
+def _worker_resources(cfg: TrainConfig, cluster: Mapping[str, float]) -> dict[str, float]:
+    """Leave at least one CPU to the Ray Data stage that decodes and augments.
+
+    Ray Train keeps its workers' CPUs away from Ray Data; with every CPU
+    given to workers the data stage would never run.
+    """
+    if cfg.use_gpu:
+        return {"CPU": 1.0, "GPU": 1.0}
+    cpus = float(cluster.get("CPU", 1.0))
+    per = (cpus - 1.0) / cfg.workers
+    if per < 0.1:
+        raise ValueError(f"{cfg.workers} CPU worker(s) leave no CPU for the data stage on {cpus:g} CPU(s); use fewer --workers")
+    return {"CPU": round(per, 3)}
+
+
+def run_training(cfg: TrainConfig) -> TrainSummary:
+    """Train (or resume) a model on Ray Train; returns where the best checkpoint is."""
+    start = time.perf_counter()
+    if cfg.bad_data not in ("skip", "fail"):
+        raise ValueError(f"--bad-data must be skip or fail, got {cfg.bad_data!r}")
+    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.workers < 1:
+        raise ValueError("--epochs, --batch-size and --workers must be >= 1")
+    spec = resolve_model(cfg.model, cfg.params, cfg.init_checkpoint, cfg.storage_options, warn_random=False)
+    plugin = spec.plugin()
+    loss = build_loss(cfg.loss, num_classes=plugin.num_classes, ignore_index=plugin.ignore_index,
+                      class_weights=cfg.class_weights)
+    AugmentConfig.parse(cfg.augment)
+    value_map = parse_value_map(cfg.mask_values)
+    pairs, unpaired = list_pairs(cfg.images, cfg.masks, pair=cfg.pair, storage_options=cfg.storage_options)
+    if cfg.val_images:
+        train_pairs = pairs
+        val_pairs, more = list_pairs(cfg.val_images, cfg.val_masks, pair=cfg.pair, storage_options=cfg.storage_options)
+        unpaired += more
+    else:
+        train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.seed)
+    if not val_pairs:
+        raise ValueError("validation set is empty: raise --val-fraction or pass --val-images")
+    run = RunFolder(cfg.storage, cfg.name, cfg.storage_options)
+    run.check(cfg.resume)
+    weights = cfg.weight_map or (WeightMapOptions() if loss.needs_weight_map else None)
+
+    started = ensure_ray(cfg.address)
+    import ray
+    import ray.data
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from raysegment.train.loop import train_loop_per_worker
+
+    try:
+        train_rows, val_rows = _pair_rows(train_pairs), _pair_rows(val_pairs, len(train_pairs))
+        good = _check_data(train_rows + val_rows, spec, cfg, value_map, run, unpaired)
+        bad = len(train_rows) + len(val_rows) - len(good) + len(unpaired)
+        if bad and cfg.bad_data == "fail":
+            raise TrainingDataError(f"{bad} bad training pair(s); see {redact(run.url)}/{REPORT}")
+        train_rows = [r for r in train_rows if r["index"] in good]
+        val_rows = [r for r in val_rows if r["index"] in good]
+        if not train_rows or not val_rows:
+            raise TrainingDataError(f"no usable training or validation pairs left; see {redact(run.url)}/{REPORT}")
+
+        load_kwargs = {"spec": spec, "value_map": value_map, "weights": weights, "limits": DecodeLimits(),
+                       "storage_options": cfg.storage_options}
+        train_ds = ray.data.from_items(train_rows).map_batches(load_pairs, batch_size=4, batch_format="numpy",
+                                                               fn_kwargs=load_kwargs)
+        resources = _worker_resources(cfg, ray.cluster_resources())
+
+        path, filesystem = run.arrow_filesystem()
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"spec": spec, "seed": cfg.seed, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
+                               "epochs": cfg.epochs, "batch_size": cfg.batch_size, "loss": cfg.loss,
+                               "class_weights": list(cfg.class_weights) if cfg.class_weights else None,
+                               "augment": cfg.augment, "label_names": spec.label_names,
+                               "init_checkpoint": cfg.init_checkpoint, "storage_options": cfg.storage_options,
+                               "run": run, "val_rows": val_rows, "threads": _threads(resources),
+                               "load_kwargs": {**load_kwargs, "weights": None}},
+            scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
+                                         resources_per_worker=resources),
+            run_config=RunConfig(
+                name=cfg.name, storage_path=path, storage_filesystem=filesystem,
+                failure_config=FailureConfig(max_failures=cfg.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_miou",
+                                                   checkpoint_score_order="max"),
+            ),
+            datasets={"train": train_ds},  # validation: each rank builds its exact share (train_loop)
+            dataset_config=_ordered_ingest(),
+        )
+        result = trainer.fit()
+        scored = [(m.get("val_miou", -1.0), c) for c, m in result.best_checkpoints]
+        best_score, best_ckpt = max(scored, key=lambda t: t[0])
+        with best_ckpt.as_directory() as folder:
+            with open(f"{folder}/model.pt", "rb") as f:
+                run.write(BEST, f.read())
+        with result.checkpoint.as_directory() as folder:
+            history = json.loads(torch.load(f"{folder}/train_state.pt", map_location="cpu", weights_only=True)["history"])
+        run.write_history(history)
+    finally:
+        if started:
+            ray.shutdown()
+    return TrainSummary(run=redact(run.url), epochs=len(history), best_val_miou=float(best_score),
+                        best_checkpoint=f"{redact(run.url)}/{BEST}", pairs_ok=len(good),
+                        pairs_bad=bad, seconds=time.perf_counter() - start, history=history)
