@@ -22,4 +22,7 @@ from raysegment.plugin.contract import (
     with_aux_losses,
 )
 
-from raysegment.plugin.contract import __all__  # noqa: E402  (the face is the contract)
+__all__ = [  # the contract's own __all__, re-exported whole
+    "Task", "Modality", "Param", "ParamError", "InputError", "Sample", "SemanticPrediction",
+    "InstancePrediction", "Prediction", "SegmentationModel", "with_aux_losses", "class_names_from",
+]
