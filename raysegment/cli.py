@@ -239,7 +239,8 @@ def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> tu
 @click.option("--use-gpu", is_flag=True, help="One GPU per worker.")
 @click.option("--lr", default=1e-3, type=click.FloatRange(min=0, min_open=True), help="Adam learning rate.")
 @click.option("--weight-decay", default=0.0, type=click.FloatRange(min=0), help="Adam weight decay.")
-@click.option("--loss", default="ce", help="Loss terms: ce, bce, dice, focal, unet_weighted; combine as 'ce:1,dice:0.5'.")
+@click.option("--loss", default=None, help="Loss terms: ce, bce, dice, focal, unet_weighted; combine as 'ce:1,dice:0.5'. "
+              "Default: the plugin's own loss (for semantic models pixel-wise cross-entropy plus aux terms).")
 @click.option("--class-weights", default=None, callback=_floats, help="Per-class loss weights, comma-separated.")
 @click.option("--augment", default="flip,rot90", help="e.g. 'flip,rot90,crop=256,scale=0.8-1.2,gamma=0.8-1.25,brightness=0.1,elastic=10' or 'none'.")
 @click.option("--mask-values", default="", show_default=False,
@@ -253,7 +254,7 @@ def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> tu
 @click.option("--address", default=None, help="Ray cluster to join. [default: embedded local Ray]")
 def train(data: str, masks: str | None, pair: str, val_images: str | None, val_masks: str | None, val_fraction: float,
           model: str | None, params: tuple[str, ...], checkpoint: str | None, epochs: int, batch_size: int,
-          workers: int, use_gpu: bool, lr: float, weight_decay: float, loss: str,
+          workers: int, use_gpu: bool, lr: float, weight_decay: float, loss: str | None,
           class_weights: tuple[float, ...] | None, augment: str, mask_values: str, storage: str, name: str,
           resume: bool, seed: int, bad_data: str, max_failures: int, address: str | None) -> None:
     """Train a model on Ray Train from (image, mask) pairs; the best checkpoint feeds `infer`.

@@ -26,14 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from raysegment.criteria.metrics import ConfusionAccumulator, SegmentationMetrics
+from raysegment.criteria.metrics import SegmentationMetrics
 from raysegment.errors import InputSpecError, describe_error
 from raysegment.io.coco import CocoSemantic, coco_ref, image_key, load_mask
 from raysegment.io.sources import list_inputs, read_manifest
 from raysegment.masks.rle import row_label_map
 from raysegment.output.root import OutputRoot
-from raysegment.plugin.contract import class_names_from
+from raysegment.plugin.contract import Task, class_names_from
 from raysegment.runtime import ensure_ray
+from raysegment.tasks.spec import task_spec
 
 # One stem rule and one mask-value mapping for training and evaluation.
 from raysegment.train.data import apply_value_map, parse_value_map
@@ -144,7 +145,7 @@ def _label_names(params: Mapping[str, Any]) -> tuple[str, ...] | None:
 def _evaluate_batch(batch: Any, *, index: _GtIndex, num_classes: int, value_map: Mapping[int, int],
                     ignore_index: int, storage_options: dict | None) -> dict[str, np.ndarray]:
     """A block of output rows -> one row: the partial confusion matrix and the counts."""
-    acc = ConfusionAccumulator(num_classes, ignore_index)
+    acc = task_spec(Task.SEMANTIC).require("metric", "evaluation")(num_classes, ignore_index)  # label maps
     counts = dict.fromkeys(_COUNTS, 0)
     missing: list[str] = []
     problems: list[str] = []

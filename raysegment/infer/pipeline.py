@@ -27,9 +27,10 @@ from raysegment.io.decoders import DecodeLimits
 from raysegment.io.sources import Shard, list_inputs, listing_digest, make_shards
 from raysegment.output.root import OutputError, OutputRoot, RunManifest
 from raysegment.output.sink import IncompleteOutputError, ShardedParquetSink
-from raysegment.plugin.contract import Modality, Task
+from raysegment.plugin.contract import Modality
 from raysegment.plugin.spec import ModelSpec, resolve_model
 from raysegment.runtime import ActorPlan, cluster_resources, ensure_ray, plan_actors
+from raysegment.tasks.spec import task_spec
 from raysegment.uri import redact
 
 __all__ = ["InferenceConfig", "RunSummary", "run_inference"]
@@ -154,8 +155,7 @@ def _tiling(config: InferenceConfig, spec: ModelSpec) -> Tiling | None:
         if config.overlap is not None or config.mask_raster or config.polygons:
             raise ValueError("--overlap, --mask-raster and --polygons need tiled inference: pass --tile")
         return None
-    if plugin.task is not Task.SEMANTIC:
-        raise ValueError(f"tiled inference blends per-pixel logits: it takes semantic models, not {plugin.task.value}")
+    task_spec(plugin.task).require("tiled_merge", "tiled inference")
     if (config.mask_raster or config.polygons) and plugin.modality is Modality.VOLUME:
         raise ValueError("--mask-raster and --polygons are for 2D scenes, not volumes")
     return tiling

@@ -23,10 +23,10 @@ import pyarrow as pa
 from raysegment.errors import describe_error, stage_failed
 from raysegment.io.decoders import DecodeLimits, decode
 from raysegment.io.payload import pack, unpack
-from raysegment.masks.rle import segments_from_prediction
 from raysegment.output.schema import OUTPUT_SCHEMA, SCENE_COLUMNS
 from raysegment.plugin.padding import pad_to_multiple
 from raysegment.plugin.spec import ModelSpec
+from raysegment.tasks.spec import task_spec
 from raysegment.uri import read_bytes, redact
 
 __all__ = ["PredictOptions", "decode_batch", "Predictor", "encode_batch"]
@@ -190,6 +190,7 @@ def _text(value: Any) -> str | None:
 def encode_batch(batch: Batch, *, spec: ModelSpec) -> pa.Table:
     """Postprocess each prediction and encode its masks as COCO RLE rows."""
     plugin = spec.plugin()
+    task = task_spec(plugin.task)
     model = spec.info()
     rows: dict[str, list[Any]] = {name: [] for name in OUTPUT_SCHEMA.names}
     for i in range(len(batch["uri"])):
@@ -202,7 +203,7 @@ def encode_batch(batch: Batch, *, spec: ModelSpec) -> pa.Table:
                 meta.setdefault("height", int(batch["height"][i]))
                 meta.setdefault("width", int(batch["width"][i]))
                 pred = plugin.postprocess(unpack(batch["payload"][i]), meta)
-                segments = segments_from_prediction(pred, spec.label_names)
+                segments = task.segments(pred, spec.label_names)
                 if segments and _size_of(pred) != (int(batch["height"][i]), int(batch["width"][i])):
                     raise ValueError(
                         f"postprocess returned masks of {_size_of(pred)}, expected {(int(batch['height'][i]), int(batch['width'][i]))}"

@@ -349,7 +349,12 @@ class SegmentationModel:
     aux_loss_weights: ClassVar[tuple[float, ...]] = ()
 
     def loss(self, output: Any, target: torch.Tensor) -> torch.Tensor:
-        """Training loss; the default is pixel-wise softmax cross-entropy (plus auxiliary terms)."""
+        """Training loss; what ``raysegment train`` uses unless ``--loss`` is given.
+
+        The default is the semantic task's: pixel-wise softmax cross-entropy (sigmoid BCE for one
+        class) plus the weighted auxiliary outputs (:func:`raysegment.tasks.semantic.pixel_loss`
+        computes the same). Plugins of other tasks override it.
+        """
         return with_aux_losses(output, lambda logits: self._pixel_loss(logits, target), self.aux_loss_weights)
 
     def _pixel_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -35,10 +35,10 @@ from raysegment.plugin.contract import (
     Sample,
     SegmentationModel,
     SemanticPrediction,
-    Task,
 )
 from raysegment.plugin.padding import pad_to_multiple
 from raysegment.plugin.registry import contract_violations
+from raysegment.tasks.spec import PredictionError, task_spec
 
 __all__ = ["CheckResult", "CheckFailed", "CheckContext", "CHECKS", "NEEDS"]
 
@@ -60,6 +60,14 @@ def _require(condition: Any, message: str) -> None:
     # Not ``assert``: the kit must also work under ``python -O``.
     if not condition:
         raise CheckFailed(message)
+
+
+def _as_check_failure(check: Callable[..., Any], *args: Any) -> Any:
+    """Run a task-spec check; its :class:`PredictionError` is this check's failure."""
+    try:
+        return check(*args)
+    except PredictionError as exc:
+        raise CheckFailed(str(exc)) from None
 
 
 class CheckContext:
@@ -218,14 +226,9 @@ def forward_shapes(model: SegmentationModel, ctx: CheckContext) -> str | None:
         _require(isinstance(v, torch.Tensor), f"reduce()[{key!r}] is {type(v).__name__}, not a tensor")
         _require(v.ndim >= 1 and v.shape[0] == 2,
                  f"reduce()[{key!r}] has shape {tuple(v.shape)}, expected the batch of 2 first")
-    if model.task is Task.SEMANTIC:
-        _require("labels" in reduced, f"reduce() of a semantic model lacks 'labels' (keys: {sorted(reduced)})")
-        labels, want = reduced["labels"], (2, *ctx.spatial)
-        _require(tuple(labels.shape) == want, f"reduce()['labels'] has shape {tuple(labels.shape)}, expected {want}")
-        _require(not (labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool),
-                 f"reduce()['labels'] has dtype {labels.dtype}, expected an integer type")
-        lo, hi, bound = int(labels.min()), int(labels.max()), _label_bound(model)
-        _require(0 <= lo and hi < bound, f"reduce()['labels'] spans {lo}..{hi}, outside 0..{bound - 1}")
+    check_reduced = task_spec(model.task).check_reduced
+    if check_reduced is not None:
+        _as_check_failure(check_reduced, model, dict(reduced), ctx.spatial)
     ctx.reduced = dict(reduced)
     return ", ".join(f"{k} {tuple(v.shape)} {str(v.dtype).replace('torch.', '')}" for k, v in reduced.items())
 
@@ -244,21 +247,7 @@ def determinism(model: SegmentationModel, ctx: CheckContext) -> str | None:
 
 def _check_prediction(model: SegmentationModel, pred: Any, spatial: tuple[int, ...], hook: str) -> str:
     """``pred`` is a Prediction of the task's kind, at exactly the ``spatial`` size ((H, W) or (D, H, W))."""
-    kinds = (SemanticPrediction,) if model.task is Task.SEMANTIC else (SemanticPrediction, InstancePrediction)
-    _require(isinstance(pred, kinds), f"{hook} returned {type(pred).__name__}, expected {kinds[-1].__name__}")
-    if isinstance(pred, SemanticPrediction):
-        shapes = {"labels": np.shape(pred.labels)}
-        if pred.confidence is not None:
-            shapes["confidence"] = np.shape(pred.confidence)
-        for key, shape in shapes.items():
-            _require(shape == spatial, f"{hook} gave {key} of shape {shape}, expected {spatial}")
-        return f"labels {shapes['labels']}"
-    shape = np.shape(pred.masks)
-    _require(len(shape) == 1 + len(spatial) and shape[1:] == spatial,
-             f"{hook} gave masks of shape {shape}, expected (N, {', '.join(map(str, spatial))})")
-    _require(len(pred.labels) == len(pred.scores) == shape[0],
-             f"{hook} gave {shape[0]} masks, {len(pred.labels)} labels and {len(pred.scores)} scores")
-    return f"{shape[0]} masks {shape[1:]}"
+    return _as_check_failure(task_spec(model.task).check_prediction, pred, spatial, hook)
 
 
 @_check("forward_shapes")

@@ -24,6 +24,7 @@ from raysegment.io.payload import pack
 from raysegment.io.sources import list_inputs, read_manifest
 from raysegment.plugin.contract import InputError, Modality
 from raysegment.plugin.spec import ModelSpec
+from raysegment.tasks.spec import task_spec
 from raysegment.uri import read_bytes, stem
 
 __all__ = ["TrainPair", "list_pairs", "split_pairs", "parse_value_map", "WeightMapOptions", "load_pairs"]
@@ -138,7 +139,7 @@ def _load_one(pair_image: str, pair_mask: str, spec: ModelSpec, value_map: Mappi
     if raw.shape != sample.data.shape[:2]:
         raise InputError(f"mask is {raw.shape[1]}x{raw.shape[0]} but its image is "
                          f"{sample.data.shape[1]}x{sample.data.shape[0]}")
-    target = plugin.encode_target(apply_value_map(raw, value_map))
+    target = task_spec(plugin.task).require("target", "training")(plugin, apply_value_map(raw, value_map))
     image = plugin.preprocess(sample)
     arrays = {"image": image, "target": target}
     if weights is not None:

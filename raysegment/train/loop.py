@@ -24,9 +24,10 @@ from raysegment.io.payload import unpack
 from raysegment.plugin.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from raysegment.plugin.contract import with_aux_losses
 from raysegment.plugin.padding import pad_to_multiple
+from raysegment.tasks.spec import task_spec
 from raysegment.train.augment import AugmentConfig, augment, rng_for
 
-__all__ = ["Collate", "train_loop_per_worker"]
+__all__ = ["Collate", "training_loss", "train_loop_per_worker"]
 
 STATE = "train_state.pt"
 MODEL = "model.pt"
@@ -103,7 +104,7 @@ def _validation_rows(cfg: dict[str, Any], rank: int, world: int) -> Any:
 
 def _evaluate(model: torch.nn.Module, plugin: Any, shard: Any, collate: Collate, batch_size: int,
               device: torch.device) -> ConfusionAccumulator:
-    acc = ConfusionAccumulator(max(plugin.num_classes, 2), plugin.ignore_index)
+    acc = task_spec(plugin.task).require("metric", "validation")(max(plugin.num_classes, 2), plugin.ignore_index)
     model.eval()
     with torch.no_grad():
         for batch in (shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate) if shard is not None else []):
@@ -111,6 +112,20 @@ def _evaluate(model: torch.nn.Module, plugin: Any, shard: Any, collate: Collate,
             acc.update(labels.astype(np.int64), batch["target"].numpy())
     matrix = _all_reduce(torch.from_numpy(acc.matrix))
     return ConfusionAccumulator.from_matrix(matrix.numpy(), plugin.ignore_index)
+
+
+def training_loss(plugin: Any, loss: str | None = None, class_weights: Any = None) -> Any:
+    """``(output, target, weight) -> loss``: ``plugin.loss`` unless ``--loss`` or class weights were given.
+
+    ``plugin.loss`` defaults to its task's default loss; ``--loss`` terms (``criteria.losses``) replace
+    it and are applied to every auxiliary output with the plugin's ``aux_loss_weights``.
+    """
+    if loss is None and class_weights is None:
+        return lambda output, target, weight: plugin.loss(output, target)
+    loss_fn = build_loss(loss or "ce", num_classes=plugin.num_classes, ignore_index=plugin.ignore_index,
+                         class_weights=class_weights)
+    return lambda output, target, weight: with_aux_losses(
+        output, lambda logits: loss_fn(logits, target, weight), plugin.aux_loss_weights)
 
 
 def train_loop_per_worker(cfg: dict[str, Any]) -> None:
@@ -130,8 +145,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     state = _restore(module, optimizer)
     model = ray.train.torch.prepare_model(module)
     device = ray.train.torch.get_device()
-    loss_fn = build_loss(cfg["loss"], num_classes=plugin.num_classes, ignore_index=plugin.ignore_index,
-                         class_weights=cfg.get("class_weights"))
+    compute_loss = training_loss(plugin, cfg.get("loss"), cfg.get("class_weights"))
     divisor = int(getattr(plugin, "size_divisor", 1) or 1)
     augment_config = AugmentConfig.parse(cfg["augment"])
     plain = AugmentConfig.none()
@@ -149,7 +163,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             output = plugin.forward(model, batch["image"].to(device, non_blocking=True))
             weight, target = batch.get("weight"), batch["target"].to(device)
             weight = None if weight is None else weight.to(device)
-            loss = with_aux_losses(output, lambda logits: loss_fn(logits, target, weight), plugin.aux_loss_weights)
+            loss = compute_loss(output, target, weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -60,7 +60,7 @@ class TrainConfig:
     use_gpu: bool = False
     lr: float = 1e-3
     weight_decay: float = 0.0
-    loss: str = "ce"
+    loss: str | None = None  # None: the plugin's loss (``plugin.loss``, its task's default)
     class_weights: Sequence[float] | None = None
     augment: str = "flip,rot90"
     mask_values: str = ""
@@ -165,8 +165,10 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
         raise ValueError("--epochs, --batch-size and --workers must be >= 1")
     spec = resolve_model(cfg.model, cfg.params, cfg.init_checkpoint, cfg.storage_options, warn_random=False)
     plugin = spec.plugin()
-    loss = build_loss(cfg.loss, num_classes=plugin.num_classes, ignore_index=plugin.ignore_index,
-                      class_weights=cfg.class_weights)
+    # No --loss and no class weights: the plugin's own loss (its task's default unless it overrides it).
+    loss = None if cfg.loss is None and cfg.class_weights is None else build_loss(
+        cfg.loss or "ce", num_classes=plugin.num_classes, ignore_index=plugin.ignore_index,
+        class_weights=cfg.class_weights)
     AugmentConfig.parse(cfg.augment)
     value_map = parse_value_map(cfg.mask_values)
     pairs, unpaired = list_pairs(cfg.images, cfg.masks, pair=cfg.pair, storage_options=cfg.storage_options)
@@ -180,7 +182,7 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
         raise ValueError("validation set is empty: raise --val-fraction or pass --val-images")
     run = RunFolder(cfg.storage, cfg.name, cfg.storage_options)
     run.check(cfg.resume)
-    weights = cfg.weight_map or (WeightMapOptions() if loss.needs_weight_map else None)
+    weights = cfg.weight_map or (WeightMapOptions() if loss is not None and loss.needs_weight_map else None)
 
     started = ensure_ray(cfg.address)
     import ray

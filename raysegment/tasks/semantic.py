@@ -1,0 +1,83 @@
+"""Semantic segmentation: one class per pixel.
+
+The first task spec, moved out of the places that used to test for it: a
+:class:`~raysegment.plugin.SemanticPrediction` at the input's size, one segment
+per class present, targets from ``encode_target``, pixel-wise cross-entropy
+(plus auxiliary terms), an exact confusion matrix, and tiled windows merged as
+blended logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from raysegment.criteria.metrics import ConfusionAccumulator
+from raysegment.masks.rle import semantic_segments
+from raysegment.plugin.contract import Prediction, SegmentationModel, SemanticPrediction, Task
+from raysegment.tasks.spec import PredictionError, TaskSpec
+
+__all__ = ["SEMANTIC", "check_semantic_prediction", "check_semantic_reduced", "pixel_loss", "semantic_target"]
+
+
+def _require(condition: Any, message: str) -> None:
+    if not condition:
+        raise PredictionError(message)
+
+
+def check_semantic_prediction(pred: Prediction, spatial: tuple[int, ...], hook: str) -> str:
+    """Labels (and confidence, if given) of exactly the ``spatial`` size."""
+    _require(isinstance(pred, SemanticPrediction), f"{hook} returned {type(pred).__name__}, expected SemanticPrediction")
+    shapes = {"labels": np.shape(pred.labels)}
+    if pred.confidence is not None:
+        shapes["confidence"] = np.shape(pred.confidence)
+    for key, shape in shapes.items():
+        _require(shape == spatial, f"{hook} gave {key} of shape {shape}, expected {spatial}")
+    return f"labels {shapes['labels']}"
+
+
+def check_semantic_reduced(model: SegmentationModel, reduced: dict[str, torch.Tensor], spatial: tuple[int, ...]) -> None:
+    """``reduce`` returns integer ``labels`` of (B, *spatial) inside the model's label range."""
+    _require("labels" in reduced, f"reduce() of a semantic model lacks 'labels' (keys: {sorted(reduced)})")
+    labels, want = reduced["labels"], (int(next(iter(reduced.values())).shape[0]), *spatial)
+    _require(tuple(labels.shape) == want, f"reduce()['labels'] has shape {tuple(labels.shape)}, expected {want}")
+    _require(not (labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool),
+             f"reduce()['labels'] has dtype {labels.dtype}, expected an integer type")
+    lo, hi, bound = int(labels.min()), int(labels.max()), max(model.num_classes, 2)
+    _require(0 <= lo and hi < bound, f"reduce()['labels'] spans {lo}..{hi}, outside 0..{bound - 1}")
+
+
+def semantic_target(model: SegmentationModel, mask: np.ndarray) -> np.ndarray:
+    """A decoded label mask -> the plugin's class-index target (its ``encode_target``)."""
+    return model.encode_target(mask)
+
+
+def pixel_loss(model: SegmentationModel, output: Any, target: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy per pixel (sigmoid BCE for one class), plus weighted auxiliary outputs.
+
+    This is the contract's own default ``SegmentationModel.loss``: the semantic task's default
+    loss and the base class's are one definition.
+    """
+    return SegmentationModel.loss(model, output, target)
+
+
+def _segments(pred: Prediction, class_names: Sequence[str]) -> list[dict[str, Any]]:
+    if not isinstance(pred, SemanticPrediction):
+        raise PredictionError(f"postprocess returned {type(pred).__name__}, expected SemanticPrediction")
+    return semantic_segments(pred, class_names)
+
+
+SEMANTIC = TaskSpec(
+    task=Task.SEMANTIC,
+    prediction_types=(SemanticPrediction,),
+    check_prediction=check_semantic_prediction,
+    segments=_segments,
+    target=semantic_target,
+    default_loss=pixel_loss,
+    metric=ConfusionAccumulator,
+    tiled_merge="blended logits",
+    check_reduced=check_semantic_reduced,
+)
