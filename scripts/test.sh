@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+.venv/bin/ruff check .  # lint and import order, configured in pyproject.toml
 if [ "$#" -eq 0 ]; then
     set -- -m "slow or not slow"  # everything: CI runs this; plain `pytest` is the fast default selection
 fi
