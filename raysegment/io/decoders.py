@@ -80,7 +80,7 @@ def _key_text(key: tuple[Modality, str]) -> str:
 
 #: (modality, extension) -> decoder; the built-ins are this module's own image decoders.
 DECODERS: Table[Decoder] = Table(
-    "image decoder",
+    "decoder",
     {
         **{(Modality.IMAGE, ext): "raysegment.io.decoders:decode_pillow" for ext in (".png", ".jpg", ".jpeg")},
         **{(Modality.IMAGE, ext): "raysegment.io.decoders:decode_tiff" for ext in (".tif", ".tiff")},
