@@ -156,14 +156,17 @@ def _cached(annotation_uri: str, options_json: str) -> CocoSemantic:
     return CocoSemantic.load(annotation_uri, json.loads(options_json) or None)
 
 
-def load_mask(ref_or_uri: str, storage_options: dict | None = None) -> np.ndarray:
-    """A mask reference -> (H, W) array of raw values: a COCO ref, or a mask image's first band.
+def load_mask(ref_or_uri: str, storage_options: dict | None = None, modality: Modality = Modality.IMAGE) -> np.ndarray:
+    """A mask reference -> array of raw values: a COCO ref, or a label file's first band.
 
-    A worker parses each COCO file once (kept in a small per-process cache).
+    Label files are decoded like their inputs, by the model's ``modality``: a mask image
+    gives (H, W), a label volume (D, H, W). A worker parses each COCO file once (kept in
+    a small per-process cache).
     """
     parsed = parse_coco_ref(ref_or_uri)
     if parsed is not None:
         uri, image_id = parsed
         return _cached(uri, json.dumps(storage_options or {}, sort_keys=True)).mask_for(image_id)
-    data = decode(ref_or_uri, read_bytes(ref_or_uri, storage_options), Modality.IMAGE).data
-    return data[..., 0] if data.ndim == 3 else data
+    data = decode(ref_or_uri, read_bytes(ref_or_uri, storage_options), modality).data
+    rank = 3 if Modality(modality) is Modality.VOLUME else 2
+    return data[..., 0] if data.ndim > rank else data

@@ -78,12 +78,14 @@ def _key_text(key: tuple[Modality, str]) -> str:
     return key[1]
 
 
-#: (modality, extension) -> decoder; the built-ins are this module's own image decoders.
+#: (modality, extension) -> decoder; the built-ins are this module's own image decoders and the
+#: whole-volume NIfTI decoder (which reuses the NIfTI scene reader, imported on first use).
 DECODERS: Table[Decoder] = Table(
     "decoder",
     {
         **{(Modality.IMAGE, ext): "raysegment.io.decoders:decode_pillow" for ext in (".png", ".jpg", ".jpeg")},
         **{(Modality.IMAGE, ext): "raysegment.io.decoders:decode_tiff" for ext in (".tif", ".tiff")},
+        **{(Modality.VOLUME, ext): "raysegment.io.scenes.nifti:decode_nifti" for ext in (".nii", ".nii.gz")},
     },
     describe=_key_text,
 )

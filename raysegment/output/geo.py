@@ -22,16 +22,15 @@ from __future__ import annotations
 import posixpath
 import shutil
 import tempfile
-import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import unquote
 
 import numpy as np
-from fsspec.implementations.local import LocalFileSystem
 
 from raysegment.io.scenes.base import Georef
+from raysegment.output.atomic import write_atomic
 from raysegment.uri import filesystem, redact
 
 __all__ = ["GeoOutputError", "MaskRasterWriter", "PolygonWriter"]
@@ -105,19 +104,9 @@ def _scrub(text: str, uri: str) -> str:
 def _upload_atomic(local: str, uri: str, storage_options: dict | None) -> None:
     """Copy a local file to a hidden temp name beside ``uri``, then move it into place."""
     fs, path = filesystem(uri, storage_options)
-    parent, name = posixpath.split(path.rstrip("/"))
-    tmp = f"{parent}/.{name}.{uuid.uuid4().hex}.tmp" if parent else f".{name}.{uuid.uuid4().hex}.tmp"
     try:
-        if parent and isinstance(fs, LocalFileSystem):  # object stores have no folders (and s3fs would create a bucket)
-            fs.makedirs(parent, exist_ok=True)
-        fs.put_file(local, tmp)
-        fs.mv(tmp, path)
+        write_atomic(fs, path, local_file=local)
     except Exception as exc:
-        try:
-            if fs.exists(tmp):
-                fs.rm(tmp)
-        except Exception:  # noqa: BLE001 - best effort; the original error matters
-            pass
         reason = _scrub(str(exc), uri) or type(exc).__name__
         raise GeoOutputError(f"cannot write {redact(uri)}: {type(exc).__name__}: {reason}") from None
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +22,7 @@ import pyarrow.dataset as pads
 
 from raysegment import __version__
 from raysegment.io.sources import Shard
+from raysegment.output.atomic import write_atomic
 from raysegment.output.schema import OUTPUT_SCHEMA, SCHEMA_VERSION
 from raysegment.output.sink import STAGING, part_name, staging_dir
 from raysegment.uri import redact
@@ -138,12 +138,9 @@ class OutputRoot:
 
     def _write_json(self, name: str, obj: dict[str, Any]) -> None:
         """Write-then-rename; also the writability check, so it runs before Ray starts."""
-        tmp = self.join(f"{STAGING}/tmp-{uuid.uuid4().hex}.json")
+        data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
         try:
-            self.fs.makedirs(self.join(STAGING), exist_ok=True)
-            with self.fs.open(tmp, "w") as f:
-                json.dump(obj, f, indent=2, sort_keys=True, default=str)
-            self.fs.mv(tmp, self.join(name))
+            write_atomic(self.fs, self.join(name), data, staging=self.join(STAGING))
         except (PermissionError, OSError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise OutputError(f"cannot write output {self.shown}: {reason}") from None

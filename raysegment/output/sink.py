@@ -27,6 +27,7 @@ from ray.data.block import Block
 from ray.data.datasource import Datasink
 from ray.data.datasource.datasink import WriteResult
 
+from raysegment.output.atomic import write_atomic
 from raysegment.output.schema import OUTPUT_SCHEMA
 
 __all__ = ["ShardedParquetSink", "part_name", "STAGING", "IncompleteOutputError"]
@@ -63,16 +64,9 @@ class _Layout:
         return root.rstrip("/") + "/" + relative
 
     def write_atomic(self, relative: str, table: pa.Table) -> None:
-        fs = self.fs
-        final = self.path(relative)
-        tmp = self.path(f"{STAGING}/tmp-{uuid.uuid4().hex}.parquet")
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
-        fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
-        fs.makedirs(tmp.rsplit("/", 1)[0], exist_ok=True)
-        with fs.open(tmp, "wb") as f:
-            f.write(buf.getvalue())
-        fs.mv(tmp, final)
+        write_atomic(self.fs, self.path(relative), buf.getvalue(), staging=self.path(STAGING))
 
 
 def _fragment_rows(path: str) -> int:

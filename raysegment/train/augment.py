@@ -7,7 +7,8 @@ Randomness comes from an explicit ``np.random.Generator``; :func:`rng_for`
 derives it from ``(seed, epoch, index)`` alone, so an item's augmentation does
 not depend on which worker draws it or whether training was resumed.
 
-Order of ops in :func:`augment`: flips -> rot90 -> scale -> crop -> elastic ->
+Volumes go through :func:`augment_volume` (flips, rot90 in the H-W plane, crop,
+gray values). Order of ops in :func:`augment`: flips -> rot90 -> scale -> crop -> elastic ->
 gray values. Scaling precedes the crop so the crop fixes the output size, and
 the elastic warp runs after the crop so it only pays for the crop's pixels.
 """
@@ -26,6 +27,7 @@ from scipy import ndimage
 __all__ = [
     "AugmentConfig",
     "augment",
+    "augment_volume",
     "elastic_deform",
     "elastic_field",
     "rng_for",
@@ -59,7 +61,7 @@ class AugmentConfig:
 
     flip: bool = True
     rotate90: bool = True
-    crop: int | tuple[int, int] | None = None
+    crop: int | tuple[int, ...] | None = None  # N, (H, W), or (D, H, W) for volumes
     scale: tuple[float, float] | None = None
     gamma: tuple[float, float] | None = None
     contrast: tuple[float, float] | None = None
@@ -75,8 +77,8 @@ class AugmentConfig:
             rng = getattr(self, name)
             if rng is not None and not (len(rng) == 2 and 0 < rng[0] <= rng[1]):
                 raise ValueError(f"{name} must be (low, high) with 0 < low <= high, got {rng}")
-        crop = self.crop_size
-        if crop is not None and min(crop) < 1:
+        crop = None if self.crop is None else (self.crop,) if isinstance(self.crop, int) else tuple(self.crop)
+        if crop is not None and (len(crop) not in (1, 2, 3) or min(crop) < 1):
             raise ValueError(f"crop must be positive, got {self.crop}")
         if self.brightness is not None and self.brightness < 0:
             raise ValueError(f"brightness must be >= 0, got {self.brightness}")
@@ -92,11 +94,33 @@ class AugmentConfig:
     @property
     def crop_size(self) -> tuple[int, int] | None:
         """The crop as ``(height, width)``, whichever form it was given in."""
+        crop = self.crop_for(2)
+        return None if crop is None else (crop[0], crop[1])
+
+    def crop_for(self, rank: int) -> tuple[int, ...] | None:
+        """The crop for inputs of ``rank`` spatial axes: ``crop=N`` is N on every axis."""
         if self.crop is None:
             return None
         if isinstance(self.crop, int):
-            return (self.crop, self.crop)
-        return (int(self.crop[0]), int(self.crop[1]))
+            return (self.crop,) * rank
+        if len(self.crop) != rank:
+            raise ValueError(f"crop {'x'.join(map(str, self.crop))} has {len(self.crop)} sides; "
+                             f"these inputs have {rank} spatial axes")
+        return tuple(int(c) for c in self.crop)
+
+    def check_rank(self, rank: int) -> None:
+        """Refuse ops that do not exist for inputs of ``rank`` spatial axes (before any data is read).
+
+        Volumes take flips, rot90 (in the H-W plane), crops and gray values; ``scale`` and
+        ``elastic`` are 2D warps.
+        """
+        if rank == 3:
+            two_d = [name for name, on in (("scale", self.scale is not None),
+                                           ("elastic", self.elastic_sigma is not None)) if on]
+            if two_d:
+                raise ValueError(f"augmentation {', '.join(two_d)} is 2D only; volumes take flip, rot90, crop, "
+                                 "gamma, contrast and brightness")
+        self.crop_for(rank)
 
     @classmethod
     def none(cls) -> AugmentConfig:
@@ -136,9 +160,9 @@ def _parse_value(key: str, value: str) -> Any:
     try:
         if key == "crop":
             parts = [int(p) for p in value.lower().split("x")]
-            if len(parts) not in (1, 2):
+            if len(parts) not in (1, 2, 3):
                 raise ValueError
-            return parts[0] if len(parts) == 1 else (parts[0], parts[1])
+            return parts[0] if len(parts) == 1 else tuple(parts)
         if key in ("scale", "gamma", "contrast"):
             low, high = value.split("-")
             return (float(low), float(high))
@@ -146,7 +170,7 @@ def _parse_value(key: str, value: str) -> Any:
             return int(value)
         return float(value)
     except ValueError:
-        hint = {"crop": "N or HxW"} | dict.fromkeys(("scale", "gamma", "contrast"), "LOW-HIGH")
+        hint = {"crop": "N, HxW or DxHxW"} | dict.fromkeys(("scale", "gamma", "contrast"), "LOW-HIGH")
         expected = hint.get(key, "a number")
         raise ValueError(f"bad value for {key}: {value!r} (expected {expected})") from None
 
@@ -197,6 +221,37 @@ def augment(
     return _map_geometry(np.ascontiguousarray, arrays)
 
 
+def augment_volume(
+    image: np.ndarray,
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    config: AugmentConfig,
+) -> Arrays:
+    """Apply ``config``'s random ops to a volume (D, H, W, C) and its label volume (D, H, W).
+
+    Flips along each axis, rot90 in the H-W plane, a random crop, then gray values; the
+    same coordinates move image and mask, masks stay exact. ``scale`` and ``elastic``
+    are refused (:meth:`AugmentConfig.check_rank`).
+    """
+    if image.ndim != 4 or mask.shape != image.shape[:3]:
+        raise ValueError(f"volume must be (D, H, W, C) with a (D, H, W) mask, got {image.shape} and {mask.shape}")
+    config.check_rank(3)
+    arrays: Arrays = (image, mask, None)
+    if config.flip:
+        for axis in range(3):
+            if rng.random() < 0.5:
+                arrays = _map_geometry(lambda a, axis=axis: np.flip(a, axis), arrays)
+    if config.rotate90:
+        k = int(rng.integers(4))
+        arrays = _map_geometry(lambda a: np.rot90(a, k, axes=(1, 2)), arrays)
+    crop = config.crop_for(3)
+    if crop is not None:
+        arrays = _crop(arrays, crop, rng, config.ignore_index)
+    if config.gamma or config.contrast or config.brightness:
+        arrays = (_gray_values(arrays[0], rng, config),) + arrays[1:]
+    return _map_geometry(np.ascontiguousarray, arrays)
+
+
 def _check(image: np.ndarray, mask: np.ndarray, weight: np.ndarray | None) -> None:
     if image.ndim not in (2, 3):
         raise ValueError(f"image must be (H, W) or (H, W, C), got shape {image.shape}")
@@ -214,8 +269,8 @@ def _map_geometry(op: Callable[[np.ndarray], np.ndarray], arrays: Arrays) -> Arr
     return op(image), op(mask), None if weight is None else op(weight)
 
 
-def _crop(arrays: Arrays, size: tuple[int, int], rng: np.random.Generator, ignore: int) -> Arrays:
-    """Random ``size`` window; inputs smaller than it are padded first.
+def _crop(arrays: Arrays, size: tuple[int, ...], rng: np.random.Generator, ignore: int) -> Arrays:
+    """Random ``size`` window over the mask's axes (2D or 3D); inputs smaller than it are padded first.
 
     Padding is reflected in the image but ``ignore`` in the mask and 0 in the
     weight, so the loss never trains on invented pixels.
@@ -227,13 +282,12 @@ def _crop(arrays: Arrays, size: tuple[int, int], rng: np.random.Generator, ignor
         limits = np.iinfo(mask.dtype)
         if not limits.min <= ignore <= limits.max:
             raise ValueError(f"ignore_index {ignore} does not fit mask dtype {mask.dtype}")
-        image = np.pad(image, pads + [(0, 0)] * (image.ndim - 2), mode="reflect")
+        image = np.pad(image, pads + [(0, 0)] * (image.ndim - mask.ndim), mode="reflect")
         mask = np.pad(mask, pads, mode="constant", constant_values=ignore)
         if weight is not None:
             weight = np.pad(weight, pads, mode="constant", constant_values=0)
-    top = int(rng.integers(mask.shape[0] - size[0] + 1))
-    left = int(rng.integers(mask.shape[1] - size[1] + 1))
-    window = (slice(top, top + size[0]), slice(left, left + size[1]))
+    starts = [int(rng.integers(n - s + 1)) for n, s in zip(mask.shape, size)]  # top, left (2D order kept)
+    window = tuple(slice(start, start + s) for start, s in zip(starts, size))
     return image[window], mask[window], None if weight is None else weight[window]
 
 

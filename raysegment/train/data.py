@@ -1,9 +1,10 @@
-"""Training data: (image, mask) pairs, their checks, and the CPU stage that loads them.
+"""Training data: (input, mask) pairs, their checks, and the CPU stage that loads them.
 
 Pairs come from an image folder plus a mask folder matched by file stem (with a
 pairing rule such as ``"{stem}_mask"``), or from a manifest with ``image_uri``
 and ``mask_uri`` columns. Every pair goes through :func:`load_pairs` on a Ray
-Data CPU task: decode both, map raw mask values to class ids, check sizes and
+Data CPU task: decode both by the model's modality (images, or volumes with label
+volumes, through the decoder table inference uses), map raw mask values to class ids, check sizes and
 label range, and (for the U-Net loss) compute the border weight map. A pair that
 fails becomes a row of the training-data report, never a crash.
 """
@@ -27,7 +28,8 @@ from raysegment.plugin.spec import ModelSpec
 from raysegment.tasks.spec import task_spec
 from raysegment.uri import read_bytes, stem
 
-__all__ = ["TrainPair", "list_pairs", "split_pairs", "parse_value_map", "WeightMapOptions", "load_pairs"]
+__all__ = ["TrainPair", "list_pairs", "split_pairs", "fill_to_workers", "parse_value_map", "WeightMapOptions",
+           "load_pairs"]
 
 Batch = dict[str, np.ndarray]
 
@@ -95,6 +97,17 @@ def split_pairs(pairs: Sequence[TrainPair], val_fraction: float, seed: int) -> t
     return [p for i, p in enumerate(pairs) if i not in val], [p for i, p in enumerate(pairs) if i in val]
 
 
+def fill_to_workers(rows: Sequence[dict[str, Any]], workers: int) -> list[dict[str, Any]]:
+    """``rows`` plus repeats of its first rows, up to a multiple of ``workers``.
+
+    Ray Train splits the training set equally between workers and drops the rest:
+    without this, up to ``workers - 1`` items would never be trained on. A repeat keeps
+    its item's index, so it also keeps that item's augmentation for the epoch.
+    """
+    short = (-len(rows)) % max(int(workers), 1)
+    return [*rows, *(rows[i % len(rows)] for i in range(short))] if rows else []
+
+
 def parse_value_map(text: str | Mapping[int, int] | None) -> dict[int, int]:
     """``"0:1,255:0"`` -> {0: 1, 255: 0}: raw mask pixel value -> class id (others unchanged)."""
     if text is None or text == "":
@@ -114,7 +127,13 @@ def parse_value_map(text: str | Mapping[int, int] | None) -> dict[int, int]:
 
 
 def apply_value_map(mask: np.ndarray, mapping: Mapping[int, int]) -> np.ndarray:
-    """Raw mask values -> class ids (values not in the map are kept)."""
+    """Raw mask values -> class ids (values not in the map are kept).
+
+    Without a map the mask comes back as decoded, so ``encode_target`` sees the stored dtype
+    (a float label volume is checked for whole numbers there, not truncated here).
+    """
+    if not mapping:
+        return mask
     out = mask.astype(np.int64)
     for raw, cls in mapping.items():
         out[mask == raw] = cls
@@ -134,17 +153,22 @@ class WeightMapOptions:
 def _load_one(pair_image: str, pair_mask: str, spec: ModelSpec, value_map: Mapping[int, int],
               weights: WeightMapOptions | None, limits: DecodeLimits, storage_options: dict | None) -> dict[str, Any]:
     plugin = spec.plugin()
-    sample = decode(pair_image, read_bytes(pair_image, storage_options), Modality.IMAGE, limits)
-    raw = load_mask(pair_mask, storage_options)
-    if raw.shape != sample.data.shape[:2]:
-        raise InputError(f"mask is {raw.shape[1]}x{raw.shape[0]} but its image is "
-                         f"{sample.data.shape[1]}x{sample.data.shape[0]}")
+    # Inputs and labels are decoded by the model's modality, through the same decoder table as inference.
+    sample = decode(pair_image, read_bytes(pair_image, storage_options), plugin.modality, limits)
+    raw = load_mask(pair_mask, storage_options, plugin.modality)
+    spatial = tuple(sample.data.shape[: raw.ndim])
+    if raw.shape != spatial:
+        what = "volume" if plugin.modality is Modality.VOLUME else "image"
+        raise InputError(f"mask is {'x'.join(map(str, raw.shape[::-1]))} but its {what} is "
+                         f"{'x'.join(map(str, spatial[::-1]))}")
     target = task_spec(plugin.task).require("target", "training")(plugin, apply_value_map(raw, value_map))
     image = plugin.preprocess(sample)
     arrays = {"image": image, "target": target}
     if weights is not None:
         from raysegment.criteria.weightmap import unet_weight_map
 
+        if target.ndim != 2:
+            raise InputError("the U-Net border weight map is defined for 2D masks only")
         arrays["weight"] = unet_weight_map(target, cell_label=weights.cell_label, w0=weights.w0, sigma=weights.sigma,
                                            class_weights=weights.class_weights, ignore_index=plugin.ignore_index)
     return {"arrays": arrays, "height": target.shape[0], "width": target.shape[1]}

@@ -23,9 +23,9 @@ from raysegment.criteria.metrics import ConfusionAccumulator
 from raysegment.io.payload import unpack
 from raysegment.plugin.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from raysegment.plugin.contract import with_aux_losses
-from raysegment.plugin.padding import pad_to_multiple
+from raysegment.plugin.padding import pad_to_shape, padded_shape
 from raysegment.tasks.spec import task_spec
-from raysegment.train.augment import AugmentConfig, augment, rng_for
+from raysegment.train.augment import AugmentConfig, augment, augment_volume, rng_for
 
 __all__ = ["Collate", "training_loss", "train_loop_per_worker"]
 
@@ -38,29 +38,38 @@ class Collate(NumpyBatchCollateFn):
 
     Each item's augmentation depends only on (seed, epoch, item index), so a
     run is reproducible whatever the number of workers and across resumes.
+    Images (C, H, W) and volumes (C, D, H, W) alike: the items of a batch are
+    padded to the batch's largest size, rounded up to the model's ``size_divisor``
+    (reflect in the input, ``ignore_index`` in the target, 0 in the weight), so
+    volumes of a dataset whose sizes differ by a few voxels batch without a crop.
     """
 
     def __init__(self, config: AugmentConfig, seed: int, epoch: int, divisor: int, ignore_index: int):
         self.config, self.seed, self.epoch = config, seed, epoch
         self.divisor, self.ignore_index = divisor, ignore_index
 
+    def _augmented(self, arrays: dict[str, np.ndarray], index: int) -> tuple[np.ndarray, ...]:
+        rng = rng_for(self.seed, self.epoch, index)
+        image = np.moveaxis(arrays["image"], 0, -1)  # channels last for the augmentations
+        if image.ndim == 4:
+            image, target, weight = augment_volume(image, arrays["target"], rng, self.config)
+        else:
+            image, target, weight = augment(np.ascontiguousarray(image), arrays["target"], rng, self.config,
+                                            weight=arrays.get("weight"))
+        return np.ascontiguousarray(np.moveaxis(image, -1, 0)), target, weight
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        items = [self._augmented(unpack(payload), int(index)) for index, payload in zip(batch["index"], batch["payload"])]
+        spatial = padded_shape(tuple(max(sizes) for sizes in zip(*(t.shape for _, t, _ in items))), self.divisor)
         images, targets, weights = [], [], []
-        for index, payload in zip(batch["index"], batch["payload"]):
-            arrays = unpack(payload)
-            image = np.ascontiguousarray(arrays["image"].transpose(1, 2, 0))
-            image, target, weight = augment(image, arrays["target"], rng_for(self.seed, self.epoch, int(index)),
-                                            self.config, weight=arrays.get("weight"))
-            image = pad_to_multiple(np.ascontiguousarray(image.transpose(2, 0, 1)), self.divisor)
-            pad = [(0, image.shape[-2] - target.shape[0]), (0, image.shape[-1] - target.shape[1])]
+        for image, target, weight in items:
+            pad = [(0, want - have) for have, want in zip(target.shape, spatial)]
+            images.append(pad_to_shape(image, spatial))
             targets.append(np.pad(target, pad, constant_values=self.ignore_index))
             weights.append(np.pad(weight, pad) if weight is not None else None)
-            images.append(image)
-        shapes = {t.shape for t in targets}
-        if len(shapes) > 1:
-            raise ValueError(f"a batch mixes sizes {sorted(shapes)}; add a crop to --augment (e.g. crop=256)")
         out = {"image": torch.from_numpy(np.stack(images).astype(np.float32)),
-               "target": torch.from_numpy(np.stack(targets).astype(np.int64))}
+               "target": torch.from_numpy(np.stack(targets).astype(np.int64)),
+               "index": torch.from_numpy(np.asarray(batch["index"], dtype=np.int64))}
         if all(w is not None for w in weights):
             out["weight"] = torch.from_numpy(np.stack(weights).astype(np.float32))
         return out
@@ -158,6 +167,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         model.train()
         start = time.perf_counter()
         sums = torch.zeros(3, dtype=torch.float64)  # loss * n, n, batches
+        seen = torch.zeros(int(cfg["train_index_bound"]), dtype=torch.int32)  # which training items came by
         collate = Collate(augment_config, seed, epoch, divisor, plugin.ignore_index)
         for batch in train_shard.iter_torch_batches(batch_size=cfg["batch_size"], collate_fn=collate):
             output = plugin.forward(model, batch["image"].to(device, non_blocking=True))
@@ -169,7 +179,9 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             optimizer.step()
             n = batch["image"].shape[0]
             sums += torch.tensor([float(loss.detach()) * n, n, 1], dtype=torch.float64)
+            seen[batch["index"]] = 1
         _all_reduce(sums)
+        _all_reduce(seen)
         seconds = time.perf_counter() - start
         val = _evaluate(model, plugin, val_shard, Collate(plain, seed, epoch, divisor, plugin.ignore_index),
                         cfg["batch_size"], device).metrics(list(cfg["label_names"]))
@@ -177,6 +189,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             "epoch": epoch,
             "train_loss": float(sums[0] / max(sums[1], 1)),
             "train_images": int(sums[1]),
+            "train_items": int((seen > 0).sum()),  # distinct training items this epoch, over all workers
             "images_per_s": float(sums[1]) / seconds if seconds > 0 else 0.0,
             "seconds": seconds,
             "val_miou": _finite(val.miou),

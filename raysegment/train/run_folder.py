@@ -12,6 +12,7 @@ from typing import Any
 
 import fsspec
 
+from raysegment.output.atomic import write_atomic
 from raysegment.uri import redact
 
 __all__ = ["RunFolder", "METRICS", "CURVES"]
@@ -32,8 +33,8 @@ class RunFolder:
         self.url = f"{storage.rstrip('/')}/{name}"
 
     def write(self, name: str, data: bytes) -> None:
-        with self.fs.open(f"{self.path}/{name}", "wb") as f:
-            f.write(data)
+        """Write-then-rename, so a crash mid-epoch never leaves a half-written report or history."""
+        write_atomic(self.fs, f"{self.path}/{name}", data)
 
     def check(self, resume: bool) -> None:
         exists = self.fs.exists(self.path) and bool(self.fs.ls(self.path))

@@ -24,10 +24,19 @@ import torch
 
 from raysegment.criteria.losses import build_loss
 from raysegment.io.decoders import DecodeLimits
+from raysegment.plugin.contract import Modality
 from raysegment.plugin.spec import ModelSpec, resolve_model
 from raysegment.runtime import ensure_ray
 from raysegment.train.augment import AugmentConfig
-from raysegment.train.data import TrainPair, WeightMapOptions, list_pairs, load_pairs, parse_value_map, split_pairs
+from raysegment.train.data import (
+    TrainPair,
+    WeightMapOptions,
+    fill_to_workers,
+    list_pairs,
+    load_pairs,
+    parse_value_map,
+    split_pairs,
+)
 from raysegment.train.run_folder import RunFolder
 from raysegment.uri import redact
 
@@ -169,7 +178,7 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
     loss = None if cfg.loss is None and cfg.class_weights is None else build_loss(
         cfg.loss or "ce", num_classes=plugin.num_classes, ignore_index=plugin.ignore_index,
         class_weights=cfg.class_weights)
-    AugmentConfig.parse(cfg.augment)
+    AugmentConfig.parse(cfg.augment).check_rank(3 if plugin.modality is Modality.VOLUME else 2)
     value_map = parse_value_map(cfg.mask_values)
     pairs, unpaired = list_pairs(cfg.images, cfg.masks, pair=cfg.pair, storage_options=cfg.storage_options)
     if cfg.val_images:
@@ -183,6 +192,8 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
     run = RunFolder(cfg.storage, cfg.name, cfg.storage_options)
     run.check(cfg.resume)
     weights = cfg.weight_map or (WeightMapOptions() if loss is not None and loss.needs_weight_map else None)
+    if weights is not None and plugin.modality is Modality.VOLUME:
+        raise ValueError("the U-Net border weight map (loss 'wce') is 2D only; pick another --loss for volumes")
 
     started = ensure_ray(cfg.address)
     import ray
@@ -205,7 +216,7 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
 
         load_kwargs = {"spec": spec, "value_map": value_map, "weights": weights, "limits": DecodeLimits(),
                        "storage_options": cfg.storage_options}
-        train_ds = ray.data.from_items(train_rows).map_batches(load_pairs, batch_size=4, batch_format="numpy",
+        train_ds = ray.data.from_items(fill_to_workers(train_rows, cfg.workers)).map_batches(load_pairs, batch_size=4, batch_format="numpy",
                                                                fn_kwargs=load_kwargs)
         resources = _worker_resources(cfg, ray.cluster_resources())
 
@@ -218,6 +229,7 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
                                "augment": cfg.augment, "label_names": spec.label_names,
                                "init_checkpoint": cfg.init_checkpoint, "storage_options": cfg.storage_options,
                                "run": run, "val_rows": val_rows, "threads": _threads(resources),
+                               "train_index_bound": max(r["index"] for r in train_rows) + 1,
                                "load_kwargs": {**load_kwargs, "weights": None}},
             scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
                                          resources_per_worker=resources),

@@ -269,19 +269,22 @@ def test_extension_from_url_path_ignores_query_and_case() -> None:
 
 def test_supported_extensions() -> None:
     assert supported_extensions(Modality.IMAGE) == [".jpeg", ".jpg", ".png", ".tif", ".tiff"]
+    assert supported_extensions(Modality.VOLUME) == [".nii", ".nii.gz"]
 
 
 def test_register_new_modality_and_duplicate_fails(clean_registry: None) -> None:
     def fake(data: bytes, uri: str, limits: DecodeLimits) -> Sample:
         return Sample(data=np.zeros((1, 1, 1, 1), np.uint8), uri=uri, meta={"n": len(data)})
 
-    with pytest.raises(UnsupportedFormatError, match="for volume input; supported: none registered"):
-        decode("v.vol", b"abc", Modality.VOLUME)
-    register_decoder(Modality.VOLUME, ["VOL", ".vox"], fake)
-    assert decode("s3://b/v.vol", b"abc", Modality.VOLUME).meta == {"n": 3}
-    assert supported_extensions(Modality.VOLUME) == [".vol", ".vox"]
+    with pytest.raises(UnsupportedFormatError, match="for raster input; supported: none registered"):
+        decode("v.vol", b"abc", Modality.RASTER)
+    register_decoder(Modality.RASTER, ["VOL", ".vox"], fake)
+    assert decode("s3://b/v.vol", b"abc", Modality.RASTER).meta == {"n": 3}
+    assert supported_extensions(Modality.RASTER) == [".vol", ".vox"]
     with pytest.raises(ValueError, match="already registered for .vol"):
-        register_decoder(Modality.VOLUME, [".vol"], fake)
+        register_decoder(Modality.RASTER, [".vol"], fake)
+    with pytest.raises(ValueError, match="already registered for .nii.gz"):
+        register_decoder(Modality.VOLUME, [".nii.gz"], fake)
     with pytest.raises(ValueError, match="already registered for .png"):
         register_decoder(Modality.IMAGE, [".PNG"], fake)
     with pytest.raises(ValueError, match="already registered"):

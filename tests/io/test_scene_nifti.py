@@ -252,3 +252,23 @@ def test_reads_through_s3(s3_server: str, s3_bucket: str, hippocampus: list[Path
         assert 0 < fetched < big.stat().st_size / 2, f"{fetched:,} of {big.stat().st_size:,} bytes fetched"
     with pytest.raises(FileNotFoundError):
         open_nifti_scene(f"s3://{s3_bucket}/vol/missing.nii")
+
+
+def test_whole_volume_decoder_matches_the_scene_and_checks_the_voxel_limit() -> None:
+    """``decode(..., Modality.VOLUME)`` (training, untiled inference) gives the scene's voxels."""
+    from raysegment.io.decoders import DecodeLimits, decode
+    from raysegment.plugin.contract import Modality
+
+    path = HIPPOCAMPUS / "imagesTr" / "hippocampus_003.nii.gz"
+    if not path.is_file():
+        pytest.skip(f"shared data not present: {path}")
+    sample = decode(str(path), path.read_bytes(), Modality.VOLUME)
+    with open_nifti_scene(str(path)) as scene:
+        whole = scene.read(Window(index=0, start=(0, 0, 0), size=scene.info.shape))
+        assert sample.meta == scene.info.meta()
+    np.testing.assert_array_equal(sample.data, whole)
+    voxels = int(np.prod(sample.data.shape[:3]))
+    with pytest.raises(DecodeError, match=f"{voxels:,} voxels exceeds the limit of {voxels - 1:,}"):
+        decode(str(path), path.read_bytes(), Modality.VOLUME, DecodeLimits(max_pixels=voxels - 1))
+    with pytest.raises(DecodeError, match="not a NIfTI file"):
+        decode("bad.nii", b"\0" * 400, Modality.VOLUME)

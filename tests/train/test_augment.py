@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from raysegment.train.augment import AugmentConfig, augment, elastic_deform, elastic_field, rng_for
+from raysegment.train.augment import AugmentConfig, augment, augment_volume, elastic_deform, elastic_field, rng_for
 
 EXAMPLE_SPEC = "flip,rot90,crop=256,scale=0.8-1.2,gamma=0.8-1.25,brightness=0.1,elastic=10"
 OFF = AugmentConfig.none()
@@ -304,3 +304,34 @@ def test_none_is_identity() -> None:
     image, mask, weight = _sample()
     out = augment(image, mask, rng_for(0, 0, 0), OFF, weight)
     assert all(np.array_equal(a, b) for a, b in zip(out, (image, mask, weight)))
+
+
+# -- volumes ------------------------------------------------------------------------------------------
+def _volume() -> tuple[np.ndarray, np.ndarray]:
+    image = np.arange(5 * 6 * 7, dtype=np.float32).reshape(5, 6, 7, 1)
+    return image, (image[..., 0].astype(np.int64) % 3)
+
+
+def test_volume_ops_move_image_and_mask_together() -> None:
+    image, mask = _volume()
+    config = AugmentConfig.parse("flip,rot90,crop=4x4x4")
+    shapes = set()
+    for index in range(12):
+        out, labels, weight = augment_volume(image, mask, rng_for(0, 0, index), config)
+        assert out.shape[:3] == labels.shape == (4, 4, 4) and weight is None
+        np.testing.assert_array_equal(labels, out[..., 0].astype(np.int64) % 3)  # still aligned voxel by voxel
+        shapes.add(out.tobytes())
+    assert len(shapes) > 1  # the ops are random per item
+    again = augment_volume(image, mask, rng_for(0, 0, 3), config)[0]
+    np.testing.assert_array_equal(again, augment_volume(image, mask, rng_for(0, 0, 3), config)[0])
+
+
+def test_volume_refuses_2d_warps_and_a_2d_crop() -> None:
+    image, mask = _volume()
+    with pytest.raises(ValueError, match="elastic is 2D only"):
+        AugmentConfig.parse("flip,elastic").check_rank(3)
+    with pytest.raises(ValueError, match="scale is 2D only"):
+        augment_volume(image, mask, rng_for(0, 0, 0), AugmentConfig.parse("scale=0.8-1.2"))
+    with pytest.raises(ValueError, match="crop 4x4 has 2 sides; these inputs have 3 spatial axes"):
+        AugmentConfig.parse("crop=4x4").check_rank(3)
+    assert AugmentConfig.parse("crop=4").crop_for(3) == (4, 4, 4)

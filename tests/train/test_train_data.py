@@ -10,7 +10,7 @@ from conftest import SHARED, SMALL_UNET, png_bytes
 
 from raysegment.errors import InputSpecError
 from raysegment.plugin.spec import resolve_model
-from raysegment.train.data import TrainPair, list_pairs, load_pairs, parse_value_map, split_pairs
+from raysegment.train.data import TrainPair, fill_to_workers, list_pairs, load_pairs, parse_value_map, split_pairs
 
 COCO_DIR = SHARED / "labelme_voc_instance_coco" / "data_dataset_coco"
 
@@ -74,3 +74,43 @@ def test_coco_annotations_become_semantic_training_masks() -> None:
         assert arrays["target"].shape == arrays["image"].shape[1:]
         labels |= set(np.unique(arrays["target"]).tolist())
     assert {0, 15} <= labels <= {0, 5, 6, 7, 9, 15, 18}  # background, person, and the classes drawn
+
+
+HIPPO = SHARED / "msd_task04_hippocampus"
+
+
+def test_volume_pairs_decode_by_modality_and_batch_padded() -> None:
+    """unet3d pairs are NIfTI volumes with label volumes (003's label is float32); a label of another
+    case is an error row; volumes of different sizes share a batch, padded with ignore_index."""
+    if not HIPPO.is_dir():
+        pytest.skip(f"shared data not present: {HIPPO}")
+    image = [str(HIPPO / "imagesTr" / f"hippocampus_{c}.nii.gz") for c in ("003", "004", "006")]
+    label = [str(HIPPO / "labelsTr" / f"hippocampus_{c}.nii.gz") for c in ("003", "004", "004")]
+    spec = resolve_model("unet3d", {"in_channels": 1, "depth": 2, "base_channels": 4})
+    rows = {"index": np.arange(3), "image_uri": np.array(image, dtype=object), "mask_uri": np.array(label, dtype=object)}
+    out = load_pairs(rows, spec=spec, value_map={})
+    assert list(out["status"]) == ["ok", "ok", "error"]
+    assert out["error"][2].startswith("mask is ") and "but its volume is" in out["error"][2]
+    from raysegment.io.payload import unpack
+    from raysegment.train.augment import AugmentConfig
+    from raysegment.train.loop import Collate
+
+    arrays = [unpack(p) for p in out["payload"][:2]]
+    shapes = [a["target"].shape for a in arrays]
+    assert shapes[0] != shapes[1] and all(a["image"].shape[1:] == a["target"].shape for a in arrays)
+    assert {int(v) for a in arrays for v in np.unique(a["target"])} == {0, 1, 2}
+    batch = Collate(AugmentConfig.none(), 0, 0, 4, 255)({"index": np.arange(2), "payload": out["payload"][:2]})
+    want = tuple(-(-max(s) // 4) * 4 for s in zip(*shapes))
+    assert tuple(batch["image"].shape) == (2, 1, *want) and tuple(batch["target"].shape) == (2, *want)
+    for i, shape in enumerate(shapes):
+        inside = tuple(slice(0, n) for n in shape)
+        np.testing.assert_array_equal(batch["target"][i][inside].numpy(), arrays[i]["target"])
+        assert int((batch["target"][i] != 255).sum()) == int(np.prod(shape))  # padding is ignored
+
+
+def test_fill_to_workers_keeps_every_item() -> None:
+    rows = [{"index": i} for i in range(5)]
+    assert [r["index"] for r in fill_to_workers(rows, 2)] == [0, 1, 2, 3, 4, 0]
+    assert [r["index"] for r in fill_to_workers(rows, 4)] == [0, 1, 2, 3, 4, 0, 1, 2]
+    assert [r["index"] for r in fill_to_workers(rows, 5)] == [0, 1, 2, 3, 4]
+    assert [r["index"] for r in fill_to_workers(rows[:1], 3)] == [0, 0, 0] and fill_to_workers([], 2) == []

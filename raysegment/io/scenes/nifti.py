@@ -42,10 +42,11 @@ import numpy as np
 
 from raysegment.io.decoders import DecodeError, DecodeLimits
 from raysegment.io.scenes.base import SceneInfo, SceneReader, VolumeGeometry
+from raysegment.plugin.contract import Sample
 from raysegment.tiling.plan import Window
 from raysegment.uri import extension
 
-__all__ = ["NiftiScene", "open_nifti_scene"]
+__all__ = ["NiftiScene", "open_nifti_scene", "decode_nifti"]
 
 #: Readahead block of range reads of an uncompressed file: small, since a window's byte
 #: runs are spread over many planes; and of a gzip stream, read front to back.
@@ -82,6 +83,23 @@ def open_nifti_scene(uri: str, storage_options: dict[str, Any] | None = None,
     return NiftiScene(uri, storage_options)
 
 
+def decode_nifti(data: bytes, uri: str, limits: DecodeLimits) -> Sample:
+    """The whole-volume decoder registered for ``Modality.VOLUME``: ``(D, H, W, bands)``.
+
+    Training reads each pair whole (a volume is one training item), and so does untiled
+    inference. The voxel count the header claims is checked against ``limits.max_pixels``
+    before any voxel is decompressed.
+    """
+    with NiftiScene(uri, data=data) as scene:
+        shape = scene.info.shape
+        voxels = int(np.prod(shape, dtype=np.int64))
+        if voxels > limits.max_pixels:
+            raise DecodeError(f"volume too large: {'x'.join(map(str, shape))} = {voxels:,} voxels exceeds the "
+                              f"limit of {limits.max_pixels:,} (use tiled inference for larger volumes)")
+        volume = scene.read(Window(index=0, start=(0, 0, 0), size=shape))
+        return Sample(data=volume, uri=uri, meta=scene.info.meta())
+
+
 def check_geometry(affine: np.ndarray, zooms: tuple[float, ...]) -> None:
     """Reject a voxel grid that cannot place voxels in space (``DecodeError``)."""
     if not np.isfinite(affine).all():
@@ -112,7 +130,8 @@ def _check_raw_spacing(header: Any) -> None:
 class NiftiScene(SceneReader):
     """One NIfTI-1 or NIfTI-2 file, opened lazily; ``read`` gives one window of voxels."""
 
-    def __init__(self, uri: str, storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(self, uri: str, storage_options: dict[str, Any] | None = None, *, data: bytes | None = None) -> None:
+        """Open ``uri`` through fsspec, or read the file's bytes ``data`` when given (``uri`` then only names it)."""
         from raysegment.uri import filesystem, redact
 
         nib = _nibabel()
@@ -121,11 +140,15 @@ class NiftiScene(SceneReader):
         self._compressed = extension(uri) == ".nii.gz"
         self._raw: Any = None
         self._stream: Any = None
-        fs, path = filesystem(uri, storage_options)
-        block = STREAM_BLOCK if self._compressed else RANGE_BLOCK
-        self._raw = fs.open(path, "rb", block_size=block, cache_type="readahead")  # FileNotFoundError as is
+        if data is not None:
+            self._raw, size = io.BytesIO(data), len(data)
+        else:
+            fs, path = filesystem(uri, storage_options)
+            block = STREAM_BLOCK if self._compressed else RANGE_BLOCK
+            self._raw = fs.open(path, "rb", block_size=block, cache_type="readahead")  # FileNotFoundError as is
+            size = self._file_size(fs, path)
         try:
-            self._open(nib, self._file_size(fs, path))
+            self._open(nib, size)
         except DecodeError:
             self.close()
             raise
