@@ -112,7 +112,7 @@ class Predictor:
         if options.channels_last:
             module = module.to(memory_format=torch.channels_last)
         self.module = module
-        self.divisor = int(getattr(self.plugin, "size_divisor", 1) or 1)
+        self.divisor = int(self.plugin.size_divisor)
 
     def _autocast(self) -> Any:
         torch = self.torch

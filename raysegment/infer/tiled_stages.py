@@ -79,7 +79,7 @@ class Tiling:
         validate_tiling(tiles, overlaps)
         if blend not in BLEND_MODES:
             raise ValueError(f"--blend must be one of {', '.join(BLEND_MODES)}, got {blend!r}")
-        divisor = int(getattr(plugin, "size_divisor", 1) or 1)
+        divisor = int(plugin.size_divisor)
         bad = [t for t in tiles if t % divisor]
         if bad:
             raise ValueError(f"--tile {bad[0]} must be a multiple of the model's size divisor {divisor}")

@@ -61,7 +61,7 @@ def model_card(name: str) -> ModelCard:
     info = get_registry().get(name)
     cls = info.cls
     plugin = info.create()
-    stride = getattr(plugin, "output_stride", None)
+    stride = plugin.output_stride
     return ModelCard(
         name=info.name,
         distribution=info.distribution,
@@ -79,7 +79,7 @@ def model_card(name: str) -> ModelCard:
         paper_parameters_m=cls.paper_parameters,
         parameter_note=cls.parameter_note,
         output_stride=int(stride) if stride is not None else None,
-        size_divisor=int(getattr(plugin, "size_divisor", 1) or 1),
+        size_divisor=int(plugin.size_divisor),
         in_channels=plugin.in_channels,
         weights_params=[p.name for p in cls.params if p.loads_weights],
         smoke_params=dict(cls.smoke_params),

@@ -30,16 +30,23 @@ default keeps only the arg-max label and its softmax confidence.
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from raysegment.errors import ItemError
+from raysegment.plugin.params import Param, ParamError
+from raysegment.plugin.types import (
+    InputError,
+    InstancePrediction,
+    Modality,
+    Prediction,
+    Sample,
+    SemanticPrediction,
+    Task,
+)
 
 __all__ = [
     "Task",
@@ -55,117 +62,6 @@ __all__ = [
     "with_aux_losses",
     "class_names_from",
 ]
-
-
-class Task(str, enum.Enum):
-    """What a model's masks mean; decides how ``postprocess`` output is encoded."""
-
-    SEMANTIC = "semantic"  # one class per pixel; one segment per class present
-    INSTANCE = "instance"  # N scored masks, each with a class
-    PANOPTIC = "panoptic"  # instances plus stuff classes, non-overlapping
-    SEPARATION = "separation"  # soft masks over a spectrogram (audio sources)
-
-
-class Modality(str, enum.Enum):
-    """What kind of input a model takes; selects the decoder family."""
-
-    IMAGE = "image"  # 2D, (H, W, C) with 1..N bands
-    RASTER = "raster"  # georeferenced 2D scenes (tiled)
-    VOLUME = "volume"  # 3D, (D, H, W, C)
-    AUDIO = "audio"  # waveforms / spectrograms
-
-
-class ParamError(ValueError):
-    """A model parameter is unknown or has a value of the wrong type."""
-
-
-class InputError(ItemError):
-    """An input item that this model cannot take (e.g. wrong band count).
-
-    Raised from ``preprocess``; the pipeline turns it into an error row.
-    """
-
-
-_BOOL_TRUE = {"1", "true", "yes", "on"}
-_BOOL_FALSE = {"0", "false", "no", "off"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Param:
-    """One constructor parameter of a model, with its type and default."""
-
-    name: str
-    type: type
-    default: Any
-    help: str = ""
-    choices: tuple[Any, ...] | None = None
-    #: The value names weights to load at build time (a path, an fsspec URL or a torchvision
-    #: weight-enum name). The driver builds the model once when it is set, so weights that do not
-    #: fit fail there, in one line, instead of in every actor.
-    loads_weights: bool = False
-
-    def coerce(self, value: Any) -> Any:
-        """Turn a CLI string (or a Python value) into this parameter's type."""
-        try:
-            if self.type is bool:
-                if isinstance(value, bool):
-                    out: Any = value
-                elif str(value).lower() in _BOOL_TRUE:
-                    out = True
-                elif str(value).lower() in _BOOL_FALSE:
-                    out = False
-                else:
-                    raise ValueError(value)
-            elif self.type is int:
-                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                    raise ValueError(value)
-                out = int(value)
-            elif self.type is float:
-                if isinstance(value, bool):
-                    raise ValueError(value)
-                out = float(value)
-            else:
-                out = self.type(value)
-        except (TypeError, ValueError):
-            raise ParamError(
-                f"parameter {self.name!r} expects {self.type.__name__}, got {value!r}"
-            ) from None
-        if self.choices is not None and out not in self.choices:
-            raise ParamError(f"parameter {self.name!r} must be one of {list(self.choices)}, got {out!r}")
-        return out
-
-
-@dataclasses.dataclass
-class Sample:
-    """A decoded input item, as handed to ``preprocess``.
-
-    ``data`` is channels-last: (H, W, C) for images, (D, H, W, C) for volumes.
-    ``meta`` carries modality-specific facts (source dtype, georeferencing, ...).
-    """
-
-    data: np.ndarray
-    uri: str = ""
-    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass
-class SemanticPrediction:
-    """A dense label map and, optionally, the confidence of each pixel's label."""
-
-    labels: np.ndarray  # (H, W) integer class indices
-    confidence: np.ndarray | None = None  # (H, W) float in [0, 1]
-
-
-@dataclasses.dataclass
-class InstancePrediction:
-    """Scored, possibly overlapping binary masks (instance or panoptic tasks)."""
-
-    masks: np.ndarray  # (N, H, W) bool
-    labels: np.ndarray  # (N,) int
-    scores: np.ndarray  # (N,) float
-
-
-Prediction = Union[SemanticPrediction, InstancePrediction]
 
 
 def _dtype_scale(dtype: np.dtype) -> float:
@@ -190,11 +86,25 @@ class SegmentationModel:
     params: ClassVar[tuple[Param, ...]] = ()
     #: Target value ignored by the loss and by metrics.
     ignore_index: ClassVar[int] = 255
-    #: Spatial multiple the input must be padded to (e.g. 2**depth for a U-Net).
-    size_divisor: ClassVar[int] = 1
-    #: Input size / size of the coarsest feature map the decoder or classifier starts from.
-    #: Plugins usually compute it from their parameters (a property); None means not stated.
-    output_stride: ClassVar[int | None] = None
+
+    @property
+    def size_divisor(self) -> int:
+        """Spatial multiple the input is padded to (e.g. ``2**depth`` for a U-Net); 1 means none.
+
+        Override it as a property computed from ``self.params``, or as a plain class attribute;
+        the core reads ``plugin.size_divisor`` as it is, and the conformance kit checks it is a
+        positive int.
+        """
+        return 1
+
+    @property
+    def output_stride(self) -> int | None:
+        """Input size / size of the coarsest feature map the decoder or classifier starts from.
+
+        Usually a property computed from the parameters; None means not stated (the model card
+        shows n/a and the kit's stride check falls back to ``size_divisor``).
+        """
+        return None
     #: Parameter count (millions) the paper reports for its canonical configuration.
     paper_parameters: ClassVar[float | None] = None
     #: Why our default build's count differs from ``paper_parameters``, where it does.
@@ -213,8 +123,23 @@ class SegmentationModel:
 
     def __init__(self, **params: Any) -> None:
         self.params: dict[str, Any] = self.resolve_params(params)
+        try:
+            self.validate()
+        except ParamError:
+            raise
+        except ValueError as exc:  # a plugin's own checks: one line, as a ParamError
+            raise ParamError(str(exc)) from None
+
+    def validate(self) -> None:
+        """Check the resolved ``self.params`` together; called once, right after they resolve.
+
+        Bad values fail here, on the driver, not later in a worker. Override it for a model's
+        own checks: call ``super().validate()`` first, raise ``ParamError`` or ``ValueError``
+        with a one-line message (a ``ValueError`` becomes a ``ParamError``). Plugins need no
+        ``__init__``. The base checks that ``class_names`` agrees with ``num_classes``.
+        """
         if "class_names" in self.params:
-            self.class_names()  # a name count that disagrees with num_classes fails here, not in a worker
+            self.class_names()
 
     # -- parameters -----------------------------------------------------------------
     @classmethod
@@ -342,11 +267,17 @@ class SegmentationModel:
             raise InputError(f"mask holds label values {values} outside 0..{top - 1}")
         return target
 
-    #: Weights of the auxiliary outputs a module returns after its main logits in training mode,
-    #: as ``(main, aux_1, ...)`` (PSPNet's stage-3 head, DANet's branches). Each auxiliary output
-    #: is (B, K, H, W) logits; the training loss (``loss`` or ``train --loss``) is applied to every
-    #: output and summed with these weights. In eval mode the module returns the main logits only.
-    aux_loss_weights: ClassVar[tuple[float, ...]] = ()
+    @property
+    def aux_loss_weights(self) -> tuple[float, ...]:
+        """Weights of the auxiliary outputs a module returns after its main logits in training mode.
+
+        As ``(main, aux_1, ...)`` (PSPNet's stage-3 head, DANet's branches); ``()`` means the
+        module returns its logits alone. Each auxiliary output is (B, K, H, W) logits; the
+        training loss (``loss`` or ``train --loss``) is applied to every output and summed with
+        these weights. In eval mode the module returns the main logits only. Override as a
+        property or a class attribute.
+        """
+        return ()
 
     def loss(self, output: Any, target: torch.Tensor) -> torch.Tensor:
         """Training loss; what ``raysegment train`` uses unless ``--loss`` is given.

@@ -80,7 +80,7 @@ class CheckContext:
     prediction: Prediction  # postprocess() of item 0
 
     def __init__(self, model: SegmentationModel, size: int | None) -> None:
-        self.divisor = d = int(getattr(model, "size_divisor", 1) or 1)
+        self.divisor = d = max(int(model.size_divisor), 1)  # a bad value is check_attributes' finding
         self.volume = model.modality is Modality.VOLUME
         floor = 16 if self.volume else 32  # a 16^3 volume already holds 4096 voxels
         base = max(floor, 2 * d) if size is None else max(int(size), 1)
@@ -157,7 +157,7 @@ def contract(model: SegmentationModel, ctx: CheckContext) -> str | None:
     names = tuple(model.class_names())
     if len(names) != model.num_classes:
         problems.append(f"class_names() has {len(names)} name(s) but num_classes={model.num_classes}")
-    divisor = getattr(model, "size_divisor", 1)
+    divisor = model.size_divisor
     if not isinstance(divisor, int) or isinstance(divisor, bool) or divisor < 1:
         problems.append(f"size_divisor must be a positive int, got {divisor!r}")
     problems += _tile_problems(model)
@@ -180,7 +180,7 @@ def _tile_problems(model: SegmentationModel) -> list[str]:
         return [f"default_tile must be a tuple of {ndim} positive ints, got {tile!r}"]
     if overlap is not None and (not ints(overlap) or any(not 0 <= o < t for o, t in zip(overlap, tile))):
         return [f"default_overlap must be None or {ndim} ints in [0, tile), got {overlap!r} for tile {tile!r}"]
-    divisor = getattr(model, "size_divisor", 1)
+    divisor = model.size_divisor
     if isinstance(divisor, int) and divisor > 1 and any(t % divisor for t in tile):
         return [f"default_tile {tile} is not a multiple of size_divisor {divisor} on every axis"]
     return []
@@ -332,7 +332,7 @@ def training_step(model: SegmentationModel, ctx: CheckContext) -> str | None:
     # A random but learnable mask: quantile bands of the first input channel, averaged over blocks of
     # the output stride (a model predicting on a coarse grid cannot draw single-pixel noise), one
     # corner ignored.
-    block = max(1, min(int(getattr(model, "output_stride", None) or ctx.divisor), min(ctx.spatial) // 2))
+    block = max(1, min(int(model.output_stride or ctx.divisor), min(ctx.spatial) // 2))
     first = x[:, 0].numpy()
     spatial = first.shape[1:]  # (H, W) or (D, H, W)
     blocks = [-(-n // block) for n in spatial]

@@ -200,7 +200,7 @@ class ModelLearns:
         except FileNotFoundError as exc:
             pytest.skip(f"{exc} (../shared/data is checked out beside the repo in CI)")
         model = get_registry().create(self.model_name, dict(self.params))
-        d = int(getattr(model, "size_divisor", 1) or 1)
+        d = int(model.size_divisor)
         if self.size % d:
             raise ValueError(f"size {self.size} is not a multiple of the model's size_divisor {d}")
         losses = learning_curve(model, images, targets, steps=self.steps, lr=self.lr)

@@ -155,7 +155,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(module)
     device = ray.train.torch.get_device()
     compute_loss = training_loss(plugin, cfg.get("loss"), cfg.get("class_weights"))
-    divisor = int(getattr(plugin, "size_divisor", 1) or 1)
+    divisor = int(plugin.size_divisor)
     augment_config = AugmentConfig.parse(cfg["augment"])
     plain = AugmentConfig.none()
     context = ray.train.get_context()

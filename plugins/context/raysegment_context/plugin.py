@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from raysegment.plugin import Modality, Param, ParamError, SegmentationModel, Task
+from raysegment.plugin import Modality, Param, SegmentationModel, Task
 from raysegment_context.common import BACKBONES, backbone_depth
 from raysegment_context.danet import DANetModule
 from raysegment_context.pspnet import PSPNetModule
@@ -65,17 +65,10 @@ class _ContextModel(SegmentationModel):
     task = Task.SEMANTIC
     modality = Modality.IMAGE
 
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        try:
-            _positive(self.params, "in_channels", "num_classes")
-            self.validate()
-        except ValueError as exc:
-            raise ParamError(str(exc)) from None
-        self.class_names()  # a name count that disagrees with num_classes fails here, not later
-
     def validate(self) -> None:
-        """Model-specific checks; raise ValueError with a one-line message."""
+        """The family's checks; each model adds its own after ``super().validate()``."""
+        super().validate()
+        _positive(self.params, "in_channels", "num_classes")
 
     @property
     def depth(self) -> int:
@@ -117,17 +110,18 @@ class PSPNet(_ContextModel):
     }
 
     def validate(self) -> None:
+        super().validate()
         parse_bins(self.params["bins"])
         _positive(self.params, "head_channels")
         _dropout(self.params)
         if self.params["aux_weight"] < 0:
             raise ValueError(f"parameter 'aux_weight' must be >= 0, got {self.params['aux_weight']!r}")
 
-    @property  # type: ignore[override]
+    @property
     def output_stride(self) -> int:
         return int(self.params["output_stride"])
 
-    @property  # type: ignore[override]
+    @property
     def size_divisor(self) -> int:
         """The backbone's output stride: feature maps then tile the input exactly."""
         return int(self.params["output_stride"])
@@ -166,13 +160,14 @@ class RefineNet(_ContextModel):
     smoke_params: ClassVar[dict[str, Any]] = {"backbone": "resnet18", "in_channels": 1, "num_classes": 2, "width": 8}
 
     def validate(self) -> None:
+        super().validate()
         _positive(self.params, "width", "crp_blocks")
 
-    @property  # type: ignore[override]
+    @property
     def output_stride(self) -> int:
         return 32
 
-    @property  # type: ignore[override]
+    @property
     def size_divisor(self) -> int:
         """The undilated ResNet's 1/32 stage must tile the input."""
         return 32
@@ -207,15 +202,16 @@ class DANet(_ContextModel):
     smoke_params: ClassVar[dict[str, Any]] = {"backbone": "resnet18", "in_channels": 1, "num_classes": 2}
 
     def validate(self) -> None:
+        super().validate()
         _dropout(self.params)
         if self.params["aux_weight"] < 0:
             raise ValueError(f"parameter 'aux_weight' must be >= 0, got {self.params['aux_weight']!r}")
 
-    @property  # type: ignore[override]
+    @property
     def output_stride(self) -> int:
         return int(self.params["output_stride"])
 
-    @property  # type: ignore[override]
+    @property
     def size_divisor(self) -> int:
         """The backbone's output stride: feature maps then tile the input exactly."""
         return int(self.params["output_stride"])

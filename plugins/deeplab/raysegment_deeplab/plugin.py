@@ -69,8 +69,9 @@ class _DeepLab(SegmentationModel):
     task = Task.SEMANTIC
     modality = Modality.IMAGE
 
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
+    def validate(self) -> None:
+        """The family's checks; each model adds its own after ``super().validate()``."""
+        super().validate()
         p = self.params
         if p["in_channels"] < 1:
             raise ParamError(f"in_channels must be positive, got {p['in_channels']}")
@@ -88,18 +89,13 @@ class _DeepLab(SegmentationModel):
                 raise ParamError("crf needs num_classes >= 2 (softmax probabilities)")
             if not crf_available():
                 raise ParamError(f"crf=True needs pydensecrf2: pip install '{CRF_EXTRA}'")
-        self.validate()
-        self.class_names()  # a name count that disagrees with num_classes fails here
-
-    def validate(self) -> None:
-        """Model-specific checks, raising ParamError."""
 
 
-    @property  # type: ignore[override]
+    @property
     def output_stride(self) -> int:
         return int(self.params["output_stride"])
 
-    @property  # type: ignore[override]
+    @property
     def size_divisor(self) -> int:
         """Inputs padded to the output stride keep every feature map aligned with the input grid."""
         return self.output_stride
@@ -181,7 +177,7 @@ class DeepLabV1(_DeepLab):
         *_crf_params(4.0, 121.0, 5.0, 3.0, 3.0, "defaults of the released DeepLab-LargeFOV"),
     )
 
-    @property  # type: ignore[override]
+    @property
     def output_stride(self) -> int:
         return 8
 
@@ -221,6 +217,7 @@ class DeepLabV2(_DeepLab):
     )
 
     def validate(self) -> None:
+        super().validate()
         if self.params["backbone"] == "vgg16" and self.params["output_stride"] != 8:
             raise ParamError("backbone vgg16 has output_stride 8 only")
 
@@ -261,6 +258,7 @@ class DeepLabV3(_DeepLab):
     )
 
     def validate(self) -> None:
+        super().validate()
         _parse_grid(self.params["multi_grid"])
 
     def build(self) -> nn.Module:

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from raysegment.plugin import Modality, Param, ParamError, SegmentationModel, Task
+from raysegment.plugin import Modality, Param, SegmentationModel, Task
 from raysegment_espnet.espnet import OUTPUT_STRIDE, ESPNetEncoder, ESPNetWithDecoder, validate_config
 
 __all__ = ["ESPNet", "ESPNetC", "ESPNetB", "ESPNetA"]
@@ -41,21 +41,17 @@ class _ESPNetBase(SegmentationModel):
     )
     smoke_params: ClassVar[dict[str, Any]] = {"in_channels": 1, "num_classes": 2, "p": 1, "q": 1}
 
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
+    def validate(self) -> None:
+        super().validate()
         p = self.params
-        try:
-            validate_config(p["in_channels"], p["num_classes"], p["p"], p["q"])
-        except ValueError as exc:
-            raise ParamError(str(exc)) from None
-        self.class_names()  # a name count that disagrees with num_classes fails here, not later
+        validate_config(p["in_channels"], p["num_classes"], p["p"], p["q"])
 
-    @property  # type: ignore[override]  # the base's ClassVar default is meant to be overridden
+    @property
     def size_divisor(self) -> int:
         """Three stride-2 steps: inputs are padded to a multiple of 8."""
         return OUTPUT_STRIDE
 
-    @property  # type: ignore[override]
+    @property
     def output_stride(self) -> int:
         """The classifier (and the decoder) start from the level-3 map at 1/8 of the input."""
         return OUTPUT_STRIDE

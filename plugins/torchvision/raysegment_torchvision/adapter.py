@@ -98,8 +98,8 @@ class TorchvisionSegmentation(SegmentationModel):
     #: Path of the first Conv2d inside ``module.backbone`` (e.g. ``conv1`` for ResNets).
     first_conv: ClassVar[str] = ""
 
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
+    def validate(self) -> None:
+        super().validate()
         p = self.params
         if p["in_channels"] < 1:
             raise ParamError(f"in_channels must be at least 1, got {p['in_channels']}")
@@ -111,7 +111,6 @@ class TorchvisionSegmentation(SegmentationModel):
             match = _ENUM_NAME.match(p[name])
             if match and match.group(1) != family:
                 raise ParamError(f"{name} {p[name]!r} are not {family} weights; give {family}.<name>, a path or a URL")
-        self.class_names()  # a name count that disagrees with num_classes fails here, not later
 
     @property
     def aux_loss(self) -> bool:
@@ -128,7 +127,7 @@ class TorchvisionSegmentation(SegmentationModel):
             x = (x - mean.reshape(shape)) / std.reshape(shape)
         return x.astype(np.float32, copy=False)
 
-    @property  # type: ignore[override]  # the base's ClassVar default is meant to be overridden
+    @property
     def aux_loss_weights(self) -> tuple[float, ...]:
         """torchvision's recipe weighs the auxiliary head's loss 0.5, when there is one."""
         return (AUX_WEIGHT,) if self.aux_loss else ()

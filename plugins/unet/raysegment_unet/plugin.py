@@ -11,7 +11,7 @@ there is no ``backbone_weights`` parameter; full-model weights come through ``--
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -35,26 +35,18 @@ __all__ = ["UNet", "ResUNet", "DenseUNet", "UNet3D"]
 _NAMES_HELP = "comma-separated class names; empty means class_0, class_1, ..."
 
 
-def _validated(check: Callable[..., None], *args: Any) -> None:
-    """Run a module's ``validate_config``; its ``ValueError`` becomes a one-line ``ParamError``."""
-    try:
-        check(*args)
-    except ValueError as exc:
-        raise ParamError(str(exc)) from None
-
-
 class _UNetFamily(SegmentationModel):
     """Shared by the three: semantic images, ``2**depth`` padding and stride, named classes."""
 
     task = Task.SEMANTIC
     modality = Modality.IMAGE
 
-    @property  # type: ignore[override]  # the base's ClassVar default is meant to be overridden
+    @property
     def size_divisor(self) -> int:
         """Every level halves H and W, so inputs are padded to ``2**depth``."""
         return 2 ** int(self.params["depth"])
 
-    @property  # type: ignore[override]
+    @property
     def output_stride(self) -> int:
         """The decoder starts from the coarsest level, ``depth`` halvings below the input."""
         return 2 ** int(self.params["depth"])
@@ -88,11 +80,10 @@ class UNet(_UNetFamily):
         Param("class_names", str, "", help=_NAMES_HELP),
     )
 
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
+    def validate(self) -> None:
+        super().validate()
         p = self.params
-        _validated(validate_config, p["in_channels"], p["num_classes"], p["depth"], p["base_channels"], p["dropout"])
-        self.class_names()  # a name count that disagrees with num_classes fails here, not later
+        validate_config(p["in_channels"], p["num_classes"], p["depth"], p["base_channels"], p["dropout"])
 
     def build(self) -> nn.Module:
         p = self.params
@@ -135,11 +126,10 @@ class ResUNet(_UNetFamily):
         Param("class_names", str, "", help=_NAMES_HELP),
     )
 
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
+    def validate(self) -> None:
+        super().validate()
         p = self.params
-        _validated(resunet.validate_config, p["in_channels"], p["num_classes"], p["depth"], p["base_channels"])
-        self.class_names()
+        resunet.validate_config(p["in_channels"], p["num_classes"], p["depth"], p["base_channels"])
 
     def build(self) -> nn.Module:
         p = self.params
@@ -174,12 +164,11 @@ class DenseUNet(_UNetFamily):
         Param("class_names", str, "", help=_NAMES_HELP),
     )
 
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
+    def validate(self) -> None:
+        super().validate()
         p = self.params
-        _validated(denseunet.validate_config, p["in_channels"], p["num_classes"], p["depth"], p["growth_rate"],
+        denseunet.validate_config(p["in_channels"], p["num_classes"], p["depth"], p["growth_rate"],
                    p["layers_per_block"])
-        self.class_names()
 
     def build(self) -> nn.Module:
         p = self.params
@@ -235,14 +224,13 @@ class UNet3D(_UNetFamily):
         Param("class_names", str, "", help=_NAMES_HELP),
     )
 
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
+    def validate(self) -> None:
+        super().validate()
         p = self.params
-        _validated(unet3d.validate_config, p["in_channels"], p["num_classes"], p["depth"], p["base_channels"])
+        unet3d.validate_config(p["in_channels"], p["num_classes"], p["depth"], p["base_channels"])
         scale = p["intensity_scale"]
         if not (math.isfinite(scale) and scale > 0):
             raise ParamError(f"parameter 'intensity_scale' must be positive and finite, got {scale!r}")
-        self.class_names()
 
     def build(self) -> nn.Module:
         p = self.params
