@@ -5,7 +5,8 @@ mask folder/prefix (matched by file stem through a pairing rule), a CSV/Parquet
 manifest with ``image_uri`` and ``mask_uri`` (matched by image URI), or a COCO
 annotation ``.json`` (matched by file basename). Ray Data reads the output's
 part files; each task decodes its rows' label maps, loads their masks and
-returns one partial confusion matrix, and the driver adds those up exactly:
+returns one partial metric accumulator of the run model's task spec (semantic: a
+confusion matrix over label maps), and the driver merges those exactly:
 no mask ever reaches the driver, so memory does not grow with the dataset.
 
 A row that cannot be compared is counted, never fatal: an error row of the
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,9 +32,9 @@ from raysegment.criteria.metrics import SegmentationMetrics
 from raysegment.errors import InputSpecError, describe_error
 from raysegment.io.coco import CocoSemantic, coco_ref, image_key, load_mask
 from raysegment.io.sources import list_inputs, read_manifest
-from raysegment.masks.rle import row_label_map
 from raysegment.output.root import OutputRoot
-from raysegment.plugin.contract import Task, class_names_from
+from raysegment.plugin.contract import SegmentationModel, Task, class_names_from
+from raysegment.plugin.registry import PluginLoadError, UnknownModelError, get_registry
 from raysegment.runtime import ensure_ray
 from raysegment.tasks.spec import task_spec
 
@@ -116,8 +118,8 @@ def _gt_index(gt: str, pair: str, storage_options: dict | None) -> tuple[_GtInde
 _LABEL_NAMES = "__label_names__"  # the output's own names, kept apart from the plugin's parameters
 
 
-def _model_params(pred_files: Sequence[str], fs: Any) -> dict[str, Any]:
-    """The run's resolved model parameters (plus its label names), from the first row."""
+def _run_model(pred_files: Sequence[str], fs: Any) -> tuple[str | None, dict[str, Any]]:
+    """The run's model name and resolved parameters (plus its label names), from the first row."""
     import pyarrow.parquet as pq
 
     with fs.open(pred_files[0], "rb") as f:
@@ -129,7 +131,15 @@ def _model_params(pred_files: Sequence[str], fs: Any) -> dict[str, Any]:
         params = {}
     if (model or {}).get("label_names"):
         params[_LABEL_NAMES] = list(model["label_names"])
-    return params
+    return (model or {}).get("name"), params
+
+
+def _run_task(name: str | None) -> Task:
+    """The task of the run's model, by its installed plugin; a model not installed here has the contract's default."""
+    try:
+        return get_registry().get(name).cls.task if name else SegmentationModel.task
+    except (UnknownModelError, PluginLoadError):
+        return SegmentationModel.task
 
 
 def _label_names(params: Mapping[str, Any]) -> tuple[str, ...] | None:
@@ -142,10 +152,11 @@ def _label_names(params: Mapping[str, Any]) -> tuple[str, ...] | None:
     return ("background", *names) if len(names) == 1 else names
 
 
-def _evaluate_batch(batch: Any, *, index: _GtIndex, num_classes: int, value_map: Mapping[int, int],
+def _evaluate_batch(batch: Any, *, index: _GtIndex, task: Task, num_classes: int, value_map: Mapping[int, int],
                     ignore_index: int, storage_options: dict | None) -> dict[str, np.ndarray]:
-    """A block of output rows -> one row: the partial confusion matrix and the counts."""
-    acc = task_spec(Task.SEMANTIC).require("metric", "evaluation")(num_classes, ignore_index)  # label maps
+    """A block of output rows -> one row: the partial metric accumulator (pickled) and the counts."""
+    spec = task_spec(task)
+    acc = spec.require("metric", "evaluation")(num_classes, ignore_index)
     counts = dict.fromkeys(_COUNTS, 0)
     missing: list[str] = []
     problems: list[str] = []
@@ -164,7 +175,7 @@ def _evaluate_batch(batch: Any, *, index: _GtIndex, num_classes: int, value_map:
             names.setdefault(int(seg["label"]), seg["label_name"])
         try:
             target = apply_value_map(load_mask(ref, storage_options), value_map)
-            pred = row_label_map(row, fill=0)  # uncovered pixels: background (module docstring)
+            pred = spec.row_prediction(row)  # semantic: the label map, uncovered pixels background
             if target.shape != pred.shape:
                 counts["size_mismatch"] += 1
                 problems.append(f"{row['uri']}: mask is {target.shape[1]}x{target.shape[0]} "
@@ -176,7 +187,7 @@ def _evaluate_batch(batch: Any, *, index: _GtIndex, num_classes: int, value_map:
             counts["failed"] += 1
             problems.append(f"{row['uri']}: {describe_error(exc)}")
     out: dict[str, np.ndarray] = {k: np.array([v], dtype=np.int64) for k, v in counts.items()}
-    out["confusion"] = acc.matrix.reshape(1, -1)
+    out["accumulator"] = np.array([pickle.dumps(acc)], dtype=object)  # merged on the driver, exactly
     out["examples"] = np.array([json.dumps({"missing": missing[:EXAMPLES], "problems": problems[:EXAMPLES],
                                             "names": names})], dtype=object)
     return out
@@ -223,7 +234,12 @@ def evaluate(pred: str, gt: str, *, pair: str = "{stem}", mask_values: str | Map
     if not files:
         raise InputSpecError(f"no part-*.parquet files under {root.shown}: not a raysegment output")
     index, coco = _gt_index(gt, pair, storage_options)
-    k, names, final = _resolve_classes(_model_params(files, root.fs), coco, num_classes, class_names)
+    model_name, params = _run_model(files, root.fs)
+    task = _run_task(model_name)
+    spec = task_spec(task)
+    for capability in ("metric", "row_prediction"):
+        spec.require(capability, "evaluation")  # one line before Ray starts
+    k, names, final = _resolve_classes(params, coco, num_classes, class_names)
     if 0 <= ignore_index < k:
         raise ValueError(f"ignore index {ignore_index} is one of the {k} class ids; pick another")
 
@@ -236,15 +252,16 @@ def evaluate(pred: str, gt: str, *, pair: str = "{stem}", mask_values: str | Map
         ds = ray.data.read_parquet(files, filesystem=pafs.PyFileSystem(pafs.FSSpecHandler(root.fs)),
                                    columns=["uri", "status", "height", "width", "segments"])
         ds = ds.map_batches(_evaluate_batch, batch_size=ROWS_PER_TASK, batch_format="pyarrow", num_cpus=1,
-                            fn_kwargs={"index": index, "num_classes": k, "value_map": value_map,
+                            fn_kwargs={"index": index, "task": task, "num_classes": k, "value_map": value_map,
                                        "ignore_index": ignore_index, "storage_options": storage_options})
-        total = np.zeros(k * k, dtype=np.int64)
+        total = spec.metric(k, ignore_index)
         counts = dict.fromkeys(_COUNTS, 0)
         missing: list[str] = []
         problems: list[str] = []
         seen: dict[int, str] = {}
         for part in ds.iter_batches(batch_format="numpy", batch_size=64):
-            total += part["confusion"].sum(axis=0)
+            for blob in part["accumulator"]:
+                total.merge(pickle.loads(blob))  # our own tasks' accumulators, never outside data
             for key in _COUNTS:
                 counts[key] += int(part[key].sum())
             for text in part["examples"]:
@@ -262,6 +279,6 @@ def evaluate(pred: str, gt: str, *, pair: str = "{stem}", mask_values: str | Map
     if not final:
         merged = tuple(seen.get(i, name) for i, name in enumerate(names))
         names = merged if len(set(merged)) == k else names
-    metrics = SegmentationMetrics.from_confusion(total.reshape(k, k), names if len(set(names)) == k else None)
+    metrics = total.metrics(names if len(set(names)) == k else None)
     return EvalResult(pred=root.shown, gt=redact(gt), metrics=metrics, missing_gt=missing, problems=problems,
                       **counts)

@@ -13,7 +13,6 @@ Memory is bounded by Ray Data's streaming backpressure, not dataset size.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -138,7 +137,7 @@ def _plan(config: InferenceConfig) -> _Plan:
         shard_size=config.shard_size,
         listing_sha256=listing_digest(uris),
         model=spec.info(),
-        tiling=json.loads(json.dumps(dataclasses.asdict(tiling))) if tiling else None,  # as stored: lists
+        tiling=tiling.to_json() if tiling else None,
     )
     root.prepare(manifest, resume=config.resume, overwrite=config.overwrite)
     done = root.committed(shards) if config.resume else set()

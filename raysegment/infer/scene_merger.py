@@ -7,7 +7,8 @@ same arg-max/confidence rule as whole images), then to the segment builders
 (:mod:`raysegment.masks.scene_segments`) and the optional georeferenced outputs
 (:mod:`raysegment.output.geo`), and forgets it. A scene's row leaves once each of
 its windows arrived, was skipped (nodata) or failed; memory is the strips of the
-scenes in flight, never a whole scene.
+scenes in flight, never a whole scene. The merger comes from the model's task spec
+(``tiled_merge``): the semantic task's blends logits.
 
 One merger actor serves the run (a window must meet the other windows of its
 scene); it only adds, divides and encodes: about 40 to 90 windows of 512² per second on one
@@ -17,7 +18,6 @@ fast GPU predictor running a small model (not measured: no GPU was available).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from typing import Any
@@ -31,7 +31,8 @@ from raysegment.masks.scene_segments import PlaneSegments, VolumeSegments
 from raysegment.output.root import MASKS_FOLDER, POLYGONS_FOLDER
 from raysegment.output.schema import OUTPUT_SCHEMA
 from raysegment.plugin.spec import ModelSpec
-from raysegment.tiling.merge import Strip, StripMerger
+from raysegment.tasks.spec import TiledMerger, task_spec
+from raysegment.tiling.merge import Strip
 from raysegment.uri import join_inside, redact, safe_stem
 
 __all__ = ["SceneMerger", "GeoOutputOptions"]
@@ -68,14 +69,13 @@ class _Scene:
         self.index, self.shard = int(row["index"][i]), int(row["shard"][i])
         self.info = scene["info"]
         self.shape = tuple(self.info["shape"])
-        self.tiling = Tiling(**{k: tuple(v) if isinstance(v, list) else v for k, v in scene["tiling"].items()})
+        self.tiling = Tiling.from_json(scene["tiling"])
         self.plan = scene_plan(self.shape, self.tiling)
         self.plugin = spec.plugin()
         self.spec = spec
         margin = self.tiling.margin[::-1] if len(self.shape) == 2 else self.tiling.margin
-        self.merger: StripMerger | None = StripMerger(
-            self.plan, max(1, self.plugin.num_classes), mode=self.tiling.blend, margin=margin
-        )
+        merge = task_spec(self.plugin.task).require("tiled_merge", "tiled inference")
+        self.merger: TiledMerger | None = merge(self.plan, self.plugin, self.tiling.blend, margin)
         self.segments = VolumeSegments(*self.shape) if len(self.shape) == 3 else PlaneSegments(*self.shape)
         self.seen = np.zeros(len(self.plan), dtype=bool)
         self.skipped = 0
@@ -89,8 +89,7 @@ class _Scene:
         from raysegment.io.scenes.base import Georef
         from raysegment.output.geo import MaskRasterWriter, PolygonWriter
 
-        georef = Georef(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.info["georef"].items()}) \
-            if self.info.get("georef") else None
+        georef = Georef.from_json(self.info["georef"]) if self.info.get("georef") else None
         stem = f"{self.index:08d}-{safe_stem(self.uri)}"
         if outputs.mask_raster:
             self.files["mask_raster"] = f"{MASKS_FOLDER}/{stem}.tif"
@@ -186,7 +185,7 @@ class _Scene:
         ok = self.error is None
         info = self.info
         georef, volume = info.get("georef") or {}, info.get("volume") or {}
-        meta = {**_scene_meta(info), "tiling": {**dataclasses.asdict(self.tiling), "windows": len(self.plan),
+        meta = {**_scene_meta(info), "tiling": {**self.tiling.to_json(), "windows": len(self.plan),
                                                 "windows_skipped": self.skipped},
                 **({"files": self.files} if ok and self.files else {})}
         return {

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -54,6 +54,15 @@ class Tiling:
             object.__setattr__(self, "align", (1,) * len(self.tile))
         if not self.margin:
             object.__setattr__(self, "margin", tuple(o // 4 for o in self.overlap))
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON (tuples as lists): what the run manifest, the window rows and ``meta`` store."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Tiling:
+        """The inverse of :meth:`to_json`: ``Tiling.from_json(t.to_json()) == t``."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
     @classmethod
     def resolve(
@@ -113,7 +122,7 @@ def scene_window(window: Window, ndim: int) -> Window:
 
 
 def scene_json(info: SceneInfo, tiling: Tiling) -> str:
-    return json.dumps({"info": dataclasses.asdict(info), "tiling": dataclasses.asdict(tiling)}, sort_keys=True)
+    return json.dumps({"info": dataclasses.asdict(info), "tiling": tiling.to_json()}, sort_keys=True)
 
 
 def _check_model_takes(plugin: SegmentationModel, info: SceneInfo) -> None:

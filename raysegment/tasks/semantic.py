@@ -3,24 +3,27 @@
 The first task spec, moved out of the places that used to test for it: a
 :class:`~raysegment.plugin.SemanticPrediction` at the input's size, one segment
 per class present, targets from ``encode_target``, pixel-wise cross-entropy
-(plus auxiliary terms), an exact confusion matrix, and tiled windows merged as
-blended logits.
+(plus auxiliary terms), an exact confusion matrix over label maps (in training and
+in ``raysegment eval``), and tiled windows merged as blended logits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from raysegment.criteria.metrics import ConfusionAccumulator
-from raysegment.masks.rle import semantic_segments
+from raysegment.masks.rle import row_label_map, semantic_segments
 from raysegment.plugin.contract import Prediction, SegmentationModel, SemanticPrediction, Task
 from raysegment.tasks.spec import PredictionError, TaskSpec
+from raysegment.tiling.merge import StripMerger
+from raysegment.tiling.plan import TilePlan
 
-__all__ = ["SEMANTIC", "check_semantic_prediction", "check_semantic_reduced", "pixel_loss", "semantic_target"]
+__all__ = ["SEMANTIC", "blended_logits", "label_map_of_row", "check_semantic_prediction", "check_semantic_reduced", "pixel_loss",
+           "semantic_target"]
 
 
 def _require(condition: Any, message: str) -> None:
@@ -64,6 +67,20 @@ def pixel_loss(model: SegmentationModel, output: Any, target: torch.Tensor) -> t
     return SegmentationModel.loss(model, output, target)
 
 
+def blended_logits(plan: TilePlan, model: SegmentationModel, mode: str, margin: tuple[int, ...]) -> StripMerger:
+    """Tiled windows' logits blended strip by strip (one channel per class); ``reduce`` then labels each strip."""
+    return StripMerger(plan, max(1, model.num_classes), mode=mode, margin=margin)
+
+
+def label_map_of_row(row: Mapping[str, Any]) -> np.ndarray:
+    """An output row's (H, W) label map for scoring; pixels no segment covers are class 0.
+
+    Semantic rows tile the image; instance rows scored as label maps leave holes, and "no object
+    here" is a background prediction in COCO-style numbering.
+    """
+    return row_label_map(row, fill=0)
+
+
 def _segments(pred: Prediction, class_names: Sequence[str]) -> list[dict[str, Any]]:
     if not isinstance(pred, SemanticPrediction):
         raise PredictionError(f"postprocess returned {type(pred).__name__}, expected SemanticPrediction")
@@ -78,6 +95,7 @@ SEMANTIC = TaskSpec(
     target=semantic_target,
     default_loss=pixel_loss,
     metric=ConfusionAccumulator,
-    tiled_merge="blended logits",
+    row_prediction=label_map_of_row,
+    tiled_merge=blended_logits,
     check_reduced=check_semantic_reduced,
 )

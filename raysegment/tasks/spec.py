@@ -9,7 +9,7 @@ fails in one line naming the task, where it is asked for.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -18,7 +18,7 @@ import torch
 from raysegment.plugin.contract import Prediction, SegmentationModel, Task
 from raysegment.table import Table
 
-__all__ = ["TaskSpec", "TaskError", "PredictionError", "MetricAccumulator", "TASKS", "register_task", "task_spec"]
+__all__ = ["TaskSpec", "TaskError", "PredictionError", "MetricAccumulator", "TiledMerger", "TASKS", "register_task", "task_spec"]
 
 
 class TaskError(ValueError):
@@ -39,6 +39,19 @@ class MetricAccumulator(Protocol):
     def metrics(self, class_names: Sequence[str] | None = None) -> Any: ...
 
 
+class TiledMerger(Protocol):
+    """Fan-in of one scene's windows (MONAI's Merger): ``aggregate`` and ``skip`` hand back finished strips.
+
+    :class:`~raysegment.tiling.merge.StripMerger` is the semantic task's; windows arrive in any order.
+    """
+
+    def aggregate(self, window: Any, values: np.ndarray, valid: np.ndarray | None = None) -> list[Any]: ...
+
+    def skip(self, window: Any) -> list[Any]: ...
+
+    def finalize(self) -> list[Any]: ...
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
     """Everything the pipeline dispatches on for one task."""
@@ -56,8 +69,12 @@ class TaskSpec:
     default_loss: Callable[[SegmentationModel, Any, torch.Tensor], torch.Tensor] | None = None
     #: ``(num_classes, ignore_index) -> accumulator`` with ``update``, ``merge``, ``metrics``.
     metric: Callable[[int, int], MetricAccumulator] | None = None
-    #: How tiled windows merge ("blended logits" for semantic); None: no tiled path for this task.
-    tiled_merge: str | None = None
+    #: ``(output row) -> prediction`` that ``metric`` compares with a decoded ground-truth mask
+    #: (semantic: the row's label map); None: ``raysegment eval`` cannot score this task.
+    row_prediction: Callable[[Mapping[str, Any]], np.ndarray] | None = None
+    #: ``(plan, model, blend mode, margin) -> merger`` for one scene's windows (semantic: blended
+    #: logits); None: no tiled path for this task.
+    tiled_merge: Callable[[Any, SegmentationModel, str, tuple[int, ...]], TiledMerger] | None = None
     #: Keys ``reduce`` must return, with their checks (the conformance kit runs them).
     check_reduced: Callable[[SegmentationModel, dict[str, torch.Tensor], tuple[int, ...]], None] | None = None
 

@@ -19,15 +19,15 @@ import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from raysegment.criteria.losses import build_loss
-from raysegment.criteria.metrics import ConfusionAccumulator
 from raysegment.io.payload import unpack
 from raysegment.plugin.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from raysegment.plugin.contract import with_aux_losses
 from raysegment.plugin.padding import pad_to_shape, padded_shape
-from raysegment.tasks.spec import task_spec
+from raysegment.tasks.spec import MetricAccumulator, task_spec
 from raysegment.train.augment import AugmentConfig, augment, augment_volume, rng_for
+from raysegment.train.worker_config import WorkerConfig
 
-__all__ = ["Collate", "training_loss", "train_loop_per_worker"]
+__all__ = ["Collate", "merged_across_workers", "training_loss", "train_loop_per_worker"]
 
 STATE = "train_state.pt"
 MODEL = "model.pt"
@@ -94,7 +94,7 @@ def _restore(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[
     return {"epoch": int(state["epoch"]), "best": float(state["best"]), "history": json.loads(state["history"])}
 
 
-def _validation_rows(cfg: dict[str, Any], rank: int, world: int) -> Any:
+def _validation_rows(cfg: WorkerConfig, rank: int, world: int) -> Any:
     """This rank's share of the validation pairs, every pair exactly once across ranks.
 
     Built here rather than split by Ray Train, whose equal split drops the
@@ -104,23 +104,37 @@ def _validation_rows(cfg: dict[str, Any], rank: int, world: int) -> Any:
 
     from raysegment.train.data import load_pairs
 
-    rows = cfg["val_rows"][rank::world]
+    rows = list(cfg.val_rows[rank::world])
     if not rows:
         return None
     return ray.data.from_items(rows).map_batches(load_pairs, batch_size=4, batch_format="numpy",
-                                                 fn_kwargs=cfg["load_kwargs"])
+                                                 fn_kwargs=dict(cfg.load_kwargs))
+
+
+def merged_across_workers(acc: MetricAccumulator) -> MetricAccumulator:
+    """Every rank's accumulator, combined by the metric's own ``merge``: exact for any task's metric.
+
+    Outside a process group (one worker) the accumulator is returned as it is.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return acc
+    parts: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, acc)
+    total = parts[0]
+    for part in parts[1:]:
+        total.merge(part)
+    return total
 
 
 def _evaluate(model: torch.nn.Module, plugin: Any, shard: Any, collate: Collate, batch_size: int,
-              device: torch.device) -> ConfusionAccumulator:
+              device: torch.device) -> MetricAccumulator:
     acc = task_spec(plugin.task).require("metric", "validation")(max(plugin.num_classes, 2), plugin.ignore_index)
     model.eval()
     with torch.no_grad():
         for batch in (shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate) if shard is not None else []):
             labels = plugin.reduce(plugin.forward(model, batch["image"].to(device)))["labels"].cpu().numpy()
             acc.update(labels.astype(np.int64), batch["target"].numpy())
-    matrix = _all_reduce(torch.from_numpy(acc.matrix))
-    return ConfusionAccumulator.from_matrix(matrix.numpy(), plugin.ignore_index)
+    return merged_across_workers(acc)
 
 
 def training_loss(plugin: Any, loss: str | None = None, class_weights: Any = None) -> Any:
@@ -137,39 +151,40 @@ def training_loss(plugin: Any, loss: str | None = None, class_weights: Any = Non
         output, lambda logits: loss_fn(logits, target, weight), plugin.aux_loss_weights)
 
 
-def train_loop_per_worker(cfg: dict[str, Any]) -> None:
+def train_loop_per_worker(config: dict[str, Any]) -> None:
     """One worker's epochs: train on its shard, validate exactly, report and checkpoint."""
     import ray.train
     import ray.train.torch
 
-    spec, seed = cfg["spec"], int(cfg["seed"])
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))  # Ray pins CPU workers to one thread otherwise
+    cfg = WorkerConfig.from_loop_config(config)
+    spec, seed = cfg.spec, int(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))  # Ray pins CPU workers to one thread otherwise
     plugin = spec.plugin()
     torch.manual_seed(seed)
     module = plugin.build()
-    if cfg.get("init_checkpoint"):
-        load_weights(module, load_checkpoint(cfg["init_checkpoint"], cfg.get("storage_options")).state_dict)
-    optimizer = torch.optim.Adam(module.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    if cfg.init_checkpoint:
+        load_weights(module, load_checkpoint(cfg.init_checkpoint, cfg.storage_options).state_dict)
+    optimizer = torch.optim.Adam(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = _restore(module, optimizer)
     model = ray.train.torch.prepare_model(module)
     device = ray.train.torch.get_device()
-    compute_loss = training_loss(plugin, cfg.get("loss"), cfg.get("class_weights"))
+    compute_loss = training_loss(plugin, cfg.loss, cfg.class_weights)
     divisor = int(plugin.size_divisor)
-    augment_config = AugmentConfig.parse(cfg["augment"])
+    augment_config = AugmentConfig.parse(cfg.augment)
     plain = AugmentConfig.none()
     context = ray.train.get_context()
     rank = context.get_world_rank()
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = _validation_rows(cfg, rank, context.get_world_size())
     history, best = state["history"], state["best"]
-    for epoch in range(state["epoch"] + 1, int(cfg["epochs"])):
+    for epoch in range(state["epoch"] + 1, int(cfg.epochs)):
         model.train()
         start = time.perf_counter()
         sums = torch.zeros(3, dtype=torch.float64)  # loss * n, n, batches
-        seen = torch.zeros(int(cfg["train_index_bound"]), dtype=torch.int32)  # which training items came by
+        seen = torch.zeros(int(cfg.train_index_bound), dtype=torch.int32)  # which training items came by
         collate = Collate(augment_config, seed, epoch, divisor, plugin.ignore_index)
-        for batch in train_shard.iter_torch_batches(batch_size=cfg["batch_size"], collate_fn=collate):
+        for batch in train_shard.iter_torch_batches(batch_size=cfg.batch_size, collate_fn=collate):
             output = plugin.forward(model, batch["image"].to(device, non_blocking=True))
             weight, target = batch.get("weight"), batch["target"].to(device)
             weight = None if weight is None else weight.to(device)
@@ -184,7 +199,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         _all_reduce(seen)
         seconds = time.perf_counter() - start
         val = _evaluate(model, plugin, val_shard, Collate(plain, seed, epoch, divisor, plugin.ignore_index),
-                        cfg["batch_size"], device).metrics(list(cfg["label_names"]))
+                        cfg.batch_size, device).metrics(list(cfg.label_names))
         metrics = {
             "epoch": epoch,
             "train_loss": float(sums[0] / max(sums[1], 1)),
@@ -201,7 +216,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         history.append(metrics)
         best = max(best, metrics["val_miou"])
         if rank == 0:
-            print(f"epoch {epoch + 1}/{cfg['epochs']}  loss {metrics['train_loss']:.4f}  "
+            print(f"epoch {epoch + 1}/{cfg.epochs}  loss {metrics['train_loss']:.4f}  "
                   f"val mIoU {metrics['val_miou']:.4f}  mAcc {metrics['val_macc']:.4f}  "
                   f"{metrics['images_per_s']:.2f} img/s", flush=True)
             with tempfile.TemporaryDirectory() as folder:
@@ -212,8 +227,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                 torch.save({"optimizer": optimizer.state_dict(), "epoch": epoch, "best": best,
                             "history": json.dumps(history)}, os.path.join(folder, STATE))
                 ray.train.report(_flat(metrics), checkpoint=ray.train.Checkpoint.from_directory(folder))
-            if cfg.get("run") is not None:
-                cfg["run"].write_history(history)  # progress survives a crash
+            if cfg.run is not None:
+                cfg.run.write_history(history)  # progress survives a crash
         else:
             ray.train.report(_flat(metrics), checkpoint=None)
 

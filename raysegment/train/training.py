@@ -38,6 +38,7 @@ from raysegment.train.data import (
     split_pairs,
 )
 from raysegment.train.run_folder import RunFolder
+from raysegment.train.worker_config import WorkerConfig
 from raysegment.uri import redact
 
 __all__ = ["TrainConfig", "TrainSummary", "TrainingDataError", "run_training"]
@@ -223,14 +224,15 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
         path, filesystem = run.arrow_filesystem()
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"spec": spec, "seed": cfg.seed, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
-                               "epochs": cfg.epochs, "batch_size": cfg.batch_size, "loss": cfg.loss,
-                               "class_weights": list(cfg.class_weights) if cfg.class_weights else None,
-                               "augment": cfg.augment, "label_names": spec.label_names,
-                               "init_checkpoint": cfg.init_checkpoint, "storage_options": cfg.storage_options,
-                               "run": run, "val_rows": val_rows, "threads": _threads(resources),
-                               "train_index_bound": max(r["index"] for r in train_rows) + 1,
-                               "load_kwargs": {**load_kwargs, "weights": None}},
+            train_loop_config=WorkerConfig(
+                spec=spec, seed=cfg.seed, lr=cfg.lr, weight_decay=cfg.weight_decay, epochs=cfg.epochs,
+                batch_size=cfg.batch_size, augment=cfg.augment, label_names=tuple(spec.label_names),
+                val_rows=tuple(val_rows), load_kwargs={**load_kwargs, "weights": None},
+                train_index_bound=max(r["index"] for r in train_rows) + 1, loss=cfg.loss,
+                class_weights=tuple(cfg.class_weights) if cfg.class_weights else None,
+                init_checkpoint=cfg.init_checkpoint, storage_options=cfg.storage_options, run=run,
+                threads=_threads(resources),
+            ).as_loop_config(),
             scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
                                          resources_per_worker=resources),
             run_config=RunConfig(

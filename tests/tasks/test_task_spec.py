@@ -9,7 +9,9 @@ import torch
 from raysegment.criteria.metrics import ConfusionAccumulator
 from raysegment.masks.rle import segments_from_prediction
 from raysegment.plugin import InstancePrediction, SegmentationModel, SemanticPrediction, Task
+from raysegment.tasks.semantic import blended_logits
 from raysegment.tasks.spec import TASKS, PredictionError, TaskError, TaskSpec, register_task, task_spec
+from raysegment.tiling.plan import TilePlan
 from raysegment.train.loop import training_loss
 
 
@@ -36,7 +38,19 @@ def test_a_task_without_a_spec_fails_in_one_line() -> None:
 def test_a_missing_part_fails_in_one_line_naming_the_task() -> None:
     with pytest.raises(TaskError, match="^tiled inference is not available for instance models"):
         task_spec(Task.INSTANCE).require("tiled_merge", "tiled inference")
-    assert task_spec(Task.SEMANTIC).require("tiled_merge", "tiled inference") == "blended logits"
+    merge = task_spec(Task.SEMANTIC).require("tiled_merge", "tiled inference")
+    assert merge is blended_logits
+
+
+def test_the_semantic_merge_blends_each_class_channel_of_the_windows() -> None:
+    plan = TilePlan.for_shape((8, 6), (4, 6), (2, 0))
+    merger = task_spec(Task.SEMANTIC).tiled_merge(plan, Tiny(), "constant", (0, 0))
+    logits = np.random.default_rng(0).normal(size=(3, 8, 6)).astype(np.float32)
+    strips = [s for w in plan.windows for s in merger.aggregate(w, logits[(slice(None), *w.slices())])]
+    strips += merger.finalize()
+    merged = np.concatenate([s.values for s in strips], axis=1)
+    assert merged.shape == (3, 8, 6)  # one channel per class of the model
+    np.testing.assert_allclose(merged, logits, rtol=1e-6)  # windows that agree merge to the same logits
 
 
 def test_a_second_spec_for_a_task_is_refused() -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -52,6 +52,11 @@ class Georef:
     transform: tuple[float, float, float, float, float, float]  # affine a, b, c, d, e, f: x = a*col + b*row + c
     bounds: tuple[float, float, float, float]  # left, bottom, right, top in CRS units
     nodata: float | None  # the band's nodata value; None when unset
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Georef:
+        """Back from ``dataclasses.asdict`` after a JSON trip (lists become tuples again)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 @dataclasses.dataclass(frozen=True)
