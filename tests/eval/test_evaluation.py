@@ -29,8 +29,8 @@ VOC_COCO = SHARED / "labelme_voc_instance_coco" / "data_dataset_coco" / "annotat
 
 
 def _row(uri: str, index: int, labels: np.ndarray | InstancePrediction | None, names: Sequence[str],
-         params: dict) -> dict:
-    model = {"name": "unet", "version": "0.1.0", "checkpoint_sha256": None, "params": json.dumps(params)}
+         params: dict, model_name: str = "unet") -> dict:
+    model = {"name": model_name, "version": "0.1.0", "checkpoint_sha256": None, "params": json.dumps(params)}
     if labels is None:
         return {"uri": uri, "index": index, "shard": 0, "status": "error", "error": "corrupt PNG", "height": None,
                 "width": None, "model": model, "segments": None, "meta": None}
@@ -42,10 +42,10 @@ def _row(uri: str, index: int, labels: np.ndarray | InstancePrediction | None, n
 
 
 def write_output(root: Path, preds: dict[str, np.ndarray | InstancePrediction | None], names: Sequence[str] = ("bg", "fg"),
-                 params: dict | None = None, parts: int = 1) -> list[str]:
+                 params: dict | None = None, parts: int = 1, model_name: str = "unet") -> list[str]:
     """A real output root: ``parts`` part files in OUTPUT_SCHEMA, plus a stale staging fragment."""
     params = params if params is not None else {"num_classes": len(names), "class_names": ",".join(names)}
-    rows = [_row(uri, i, labels, names, params) for i, (uri, labels) in enumerate(preds.items())]
+    rows = [_row(uri, i, labels, names, params, model_name) for i, (uri, labels) in enumerate(preds.items())]
     root.mkdir(parents=True)
     for p in range(parts):
         pq.write_table(pa.Table.from_pylist(rows[p::parts], schema=OUTPUT_SCHEMA), root / f"part-{p:06d}.parquet")
@@ -180,6 +180,43 @@ def test_class_count_mismatch_fails_before_ray(tmp_path: Path) -> None:
         evaluate(str(tmp_path / "out"), str(tmp_path), ignore_index=1)
     with pytest.raises(ValueError, match="no part-"):
         evaluate(str(tmp_path), str(tmp_path))
+
+
+BLOBS = """
+from raysegment.plugin import InstancePrediction, Param, SegmentationModel, Task
+
+
+class Blobs(SegmentationModel):
+    task = Task.INSTANCE
+    params = (Param("in_channels", int, 1), Param("num_classes", int, 2))
+
+    def build(self):
+        import torch
+
+        return torch.nn.Conv2d(self.in_channels, self.num_classes, 1)
+"""
+
+
+def test_the_run_models_task_spec_scores_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from plugin_fixtures import make_dist
+
+    from raysegment.plugin.registry import get_registry
+    from raysegment.tasks.spec import TaskError
+
+    monkeypatch.syspath_prepend(str(make_dist(tmp_path / "dist", "blobs-plugin", {"blobs": "blobs_mod:Blobs"},
+                                              {"blobs_mod": BLOBS})))
+    get_registry.cache_clear()
+    write_masks(tmp_path / "gt", {"a": GT_A, "b": GT_B})
+    try:
+        write_output(tmp_path / "blobs", {"/d/a.png": PRED_A}, model_name="blobs")
+        with pytest.raises(TaskError, match="^evaluation is not available for instance models .no metric"):
+            evaluate(str(tmp_path / "blobs"), str(tmp_path / "gt"))  # refused before any mask is read
+    finally:
+        get_registry.cache_clear()
+    # A model not installed where eval runs is scored by the contract's default task (semantic label maps).
+    write_output(tmp_path / "elsewhere", {"/d/a.png": PRED_A, "/d/b.png": PRED_B}, model_name="not_installed_here")
+    result = evaluate(str(tmp_path / "elsewhere"), str(tmp_path / "gt"))
+    assert result.matched == 2 and result.metrics.confusion.tolist() == [[2, 1], [1, 5]]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
