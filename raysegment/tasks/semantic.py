@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from raysegment.criteria.metrics import ConfusionAccumulator
+from raysegment.criteria.metrics import ConfusionAccumulator, SegmentationMetrics
 from raysegment.masks.rle import row_label_map, semantic_segments
 from raysegment.plugin.contract import Prediction, SegmentationModel, SemanticPrediction, Task
 from raysegment.tasks.spec import PredictionError, TaskSpec
 from raysegment.tiling.merge import StripMerger
 from raysegment.tiling.plan import TilePlan
 
-__all__ = ["SEMANTIC", "blended_logits", "label_map_of_row", "check_semantic_prediction", "check_semantic_reduced", "pixel_loss",
+__all__ = ["SEMANTIC", "blended_logits", "label_map_of_row", "semantic_report", "check_semantic_prediction", "check_semantic_reduced", "pixel_loss",
            "semantic_target"]
 
 
@@ -81,6 +81,24 @@ def label_map_of_row(row: Mapping[str, Any]) -> np.ndarray:
     return row_label_map(row, fill=0)
 
 
+def semantic_report(metrics: SegmentationMetrics) -> dict[str, Any]:
+    """An epoch's validation fields: mIoU (the checkpoint score), mAcc, pixel accuracy, pixels, IoU per class.
+
+    A mean with no labelled pixel behind it (NaN) is reported as 0, so checkpoint ranking stays defined.
+    """
+    return {
+        "val_miou": _finite(metrics.miou),
+        "val_macc": _finite(metrics.macc),
+        "val_pixel_acc": _finite(metrics.pixel_acc),
+        "val_pixels": int(metrics.confusion.sum()),  # every labelled validation pixel, counted once
+        "val_iou": {k: v["iou"] for k, v in metrics.to_dict()["per_class"].items()},
+    }
+
+
+def _finite(value: float) -> float:
+    return float(value) if value == value else 0.0
+
+
 def _segments(pred: Prediction, class_names: Sequence[str]) -> list[dict[str, Any]]:
     if not isinstance(pred, SemanticPrediction):
         raise PredictionError(f"postprocess returned {type(pred).__name__}, expected SemanticPrediction")
@@ -96,6 +114,8 @@ SEMANTIC = TaskSpec(
     default_loss=pixel_loss,
     metric=ConfusionAccumulator,
     row_prediction=label_map_of_row,
+    validation_report=semantic_report,
+    validation_score="val_miou",
     tiled_merge=blended_logits,
     check_reduced=check_semantic_reduced,
 )

@@ -69,6 +69,11 @@ class TaskSpec:
     default_loss: Callable[[SegmentationModel, Any, torch.Tensor], torch.Tensor] | None = None
     #: ``(num_classes, ignore_index) -> accumulator`` with ``update``, ``merge``, ``metrics``.
     metric: Callable[[int, int], MetricAccumulator] | None = None
+    #: ``(metric result) -> {"val_...": value}``: an epoch's validation fields in ``metrics.jsonl``
+    #: and ``ray.train.report`` (nested dicts are flattened as ``key/sub``).
+    validation_report: Callable[[Any], dict[str, Any]] | None = None
+    #: The report field that picks the best checkpoint (higher is better).
+    validation_score: str = "val_score"
     #: ``(output row) -> prediction`` that ``metric`` compares with a decoded ground-truth mask
     #: (semantic: the row's label map); None: ``raysegment eval`` cannot score this task.
     row_prediction: Callable[[Mapping[str, Any]], np.ndarray] | None = None

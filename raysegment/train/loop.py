@@ -178,6 +178,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = _validation_rows(cfg, rank, context.get_world_size())
     history, best = state["history"], state["best"]
+    task = task_spec(plugin.task)
+    report, score = task.require("validation_report", "validation"), task.validation_score
     for epoch in range(state["epoch"] + 1, int(cfg.epochs)):
         model.train()
         start = time.perf_counter()
@@ -207,17 +209,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "train_items": int((seen > 0).sum()),  # distinct training items this epoch, over all workers
             "images_per_s": float(sums[1]) / seconds if seconds > 0 else 0.0,
             "seconds": seconds,
-            "val_miou": _finite(val.miou),
-            "val_macc": _finite(val.macc),
-            "val_pixel_acc": _finite(val.pixel_acc),
-            "val_pixels": int(val.confusion.sum()),  # every labelled validation pixel, counted once
-            "val_iou": {k: v["iou"] for k, v in val.to_dict()["per_class"].items()},
+            **report(val),  # the task's validation fields (semantic: val_miou, val_iou per class, ...)
         }
         history.append(metrics)
-        best = max(best, metrics["val_miou"])
+        best = max(best, metrics[score])
         if rank == 0:
-            print(f"epoch {epoch + 1}/{cfg.epochs}  loss {metrics['train_loss']:.4f}  "
-                  f"val mIoU {metrics['val_miou']:.4f}  mAcc {metrics['val_macc']:.4f}  "
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("val_") and isinstance(v, float))
+            print(f"epoch {epoch + 1}/{cfg.epochs}  loss {metrics['train_loss']:.4f}  {shown}  "
                   f"{metrics['images_per_s']:.2f} img/s", flush=True)
             with tempfile.TemporaryDirectory() as folder:
                 unwrapped = model.module if hasattr(model, "module") else model
@@ -233,11 +231,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(_flat(metrics), checkpoint=None)
 
 
-def _finite(value: float) -> float:
-    return float(value) if value == value else 0.0  # NaN (no labelled pixel) scores 0
-
-
 def _flat(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train's report: nested fields become ``key/sub`` (a per-class None -1.0, "not defined")."""
     out = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
-    out.update({f"val_iou/{k}": (-1.0 if v is None else v) for k, v in metrics["val_iou"].items()})
+    for key, values in metrics.items():
+        if isinstance(values, dict):
+            out.update({f"{key}/{k}": (-1.0 if v is None else v) for k, v in values.items()})
     return out

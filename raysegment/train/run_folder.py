@@ -65,7 +65,7 @@ class RunFolder:
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
         ax1.plot(epochs, [h["train_loss"] for h in history], marker="o")
         ax1.set(xlabel="epoch", ylabel="training loss", title="loss")
-        for key in ("val_miou", "val_macc", "val_pixel_acc"):
+        for key in [k for k, v in history[-1].items() if k.startswith("val_") and isinstance(v, float)]:
             ax2.plot(epochs, [h[key] for h in history], marker="o", label=key.replace("val_", ""))
         ax2.set(xlabel="epoch", ylabel="validation", title="validation", ylim=(0, 1))
         ax2.legend()

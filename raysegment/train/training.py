@@ -27,6 +27,7 @@ from raysegment.io.decoders import DecodeLimits
 from raysegment.plugin.contract import Modality
 from raysegment.plugin.spec import ModelSpec, resolve_model
 from raysegment.runtime import ensure_ray
+from raysegment.tasks.spec import task_spec
 from raysegment.train.augment import AugmentConfig
 from raysegment.train.data import (
     TrainPair,
@@ -175,6 +176,10 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
         raise ValueError("--epochs, --batch-size and --workers must be >= 1")
     spec = resolve_model(cfg.model, cfg.params, cfg.init_checkpoint, cfg.storage_options, warn_random=False)
     plugin = spec.plugin()
+    task = task_spec(plugin.task)
+    for capability in ("target", "metric", "validation_report"):
+        task.require(capability, "training")  # one line before any data is listed
+    score = task.validation_score
     # No --loss and no class weights: the plugin's own loss (its task's default unless it overrides it).
     loss = None if cfg.loss is None and cfg.class_weights is None else build_loss(
         cfg.loss or "ce", num_classes=plugin.num_classes, ignore_index=plugin.ignore_index,
@@ -238,14 +243,14 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
             run_config=RunConfig(
                 name=cfg.name, storage_path=path, storage_filesystem=filesystem,
                 failure_config=FailureConfig(max_failures=cfg.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_miou",
+                checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=score,
                                                    checkpoint_score_order="max"),
             ),
             datasets={"train": train_ds},  # validation: each rank builds its exact share (train_loop)
             dataset_config=_ordered_ingest(),
         )
         result = trainer.fit()
-        scored = [(m.get("val_miou", -1.0), c) for c, m in result.best_checkpoints]
+        scored = [(m.get(score, -1.0), c) for c, m in result.best_checkpoints]
         best_score, best_ckpt = max(scored, key=lambda t: t[0])
         with best_ckpt.as_directory() as folder:
             with open(f"{folder}/model.pt", "rb") as f:

@@ -119,3 +119,13 @@ def test_training_calls_the_plugins_loss_unless_loss_is_given() -> None:
     assert ce == pytest.approx(np.log(3), rel=1e-6) and len(calls) == 1
     # the default contract loss is the semantic task's default loss
     assert float(task_spec(Task.SEMANTIC).default_loss(Tiny(), logits, target)) == pytest.approx(np.log(3), rel=1e-6)
+
+
+def test_the_semantic_validation_report_scores_miou_and_keeps_undefined_classes_apart() -> None:
+    spec = task_spec(Task.SEMANTIC)
+    acc = spec.metric(3, 255).update(np.array([[0, 1], [1, 0]]), np.array([[0, 1], [0, 255]]))
+    report = spec.validation_report(acc.metrics(["bg", "fg", "rare"]))
+    assert spec.validation_score == "val_miou" and report["val_miou"] == pytest.approx((1 / 2 + 1 / 2) / 2)
+    assert report["val_pixels"] == 3 and report["val_iou"] == {"bg": 0.5, "fg": 0.5, "rare": None}
+    empty = spec.validation_report(spec.metric(2, 255).metrics())
+    assert empty["val_miou"] == 0.0 and empty["val_pixels"] == 0  # no labelled pixel: 0, never NaN
