@@ -7,6 +7,7 @@ Preprocessing, reduction, postprocessing and the loss are the base class's defau
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from torch import nn
@@ -24,8 +25,10 @@ _FCN_PAPER = (
     "J. Long, E. Shelhamer, T. Darrell. Fully Convolutional Networks for Semantic Segmentation. "
     "CVPR 2015; E. Shelhamer, J. Long, T. Darrell, TPAMI 39(4), 2017. arXiv:1411.4038"
 )
-_WIDTH_HELP = "divide every channel count by this (a divisor of 64); 1 = the paper's VGG16 widths"
-_NAMES_HELP = "comma-separated class names; empty means class_0, class_1, ..."
+_IN_CHANNELS = Param("in_channels", int, 3, help="input bands (3 = RGB as in the paper)")
+_WIDTH_DIVISOR = Param("width_divisor", int, 1,
+                       help="divide every channel count by this (a divisor of 64); 1 = the paper's VGG16 widths")
+_CLASS_NAMES = Param("class_names", str, "", help="comma-separated class names; empty means class_0, class_1, ...")
 
 
 def _validate(p: dict[str, Any]) -> None:
@@ -42,31 +45,18 @@ def _validate(p: dict[str, Any]) -> None:
         raise ParamError(str(exc)) from None
 
 
-class _FCNBase(SegmentationModel):
-    """FCN on VGG16; subclasses fix the stride of the finest fused scores (32, 16, 8)."""
+class _VGG16Model(SegmentationModel):
+    """What the four share: a VGG16 body with five 2x2 pools, its shared checks, and a build that
+    reads the ``backbone_weights`` file before allocating the network and loads it after.
 
-    variant: ClassVar[int] = 32
+    A model states :meth:`network` (the module from ``self.params``) and :attr:`load_backbone`.
+    """
+
     task = Task.SEMANTIC
     modality = Modality.IMAGE
-    paper = _FCN_PAPER
-    paper_parameters: ClassVar[float | None] = 134.0
-    parameter_note: ClassVar[str] = (
-        "paper counts 21 PASCAL VOC classes; the fixed bilinear final upsampling is a buffer, not a parameter"
-    )
-    params = (
-        Param("in_channels", int, 3, help="input bands (3 = RGB as in the paper)"),
-        Param("num_classes", int, 21, help="output classes (21 = PASCAL VOC with background)"),
-        Param("width_divisor", int, 1, help=_WIDTH_HELP),
-        Param("dropout", float, 0.5, help="dropout after fc6 and fc7, in [0, 1)"),
-        Param("learn_upsampling", bool, True,
-              help="learn the bilinear-initialised 2x upsamplings of FCN-16s/8s (paper); false freezes them "
-                   "(reference Caffe nets); the final upsampling is always fixed bilinear"),
-        Param("backbone_weights", str, "", loads_weights=True,
-              help="torchvision VGG16 state dict (path, fsspec URL or VGG16_Weights.IMAGENET1K_V1 from the "
-                   "local torch hub cache) for the convs and fc6/fc7; empty = random init"),
-        Param("class_names", str, "", help=_NAMES_HELP),
-    )
     smoke_params: ClassVar[dict[str, Any]] = {"in_channels": 1, "num_classes": 2, "width_divisor": 16}
+    #: copies a torchvision-keyed VGG16 state dict into the network: ``(net, state, source=...)``
+    load_backbone: ClassVar[Callable[..., None]]
 
     def validate(self) -> None:
         super().validate()
@@ -74,24 +64,56 @@ class _FCNBase(SegmentationModel):
 
     @property
     def size_divisor(self) -> int:
-        """Five 2x2 pools: H and W padded to 32 so every score map aligns without cropping."""
+        """Five 2x2 pools: H and W padded to 32, so every score map aligns without cropping (FCN) and
+        every pool is exact, its unpool a true inverse of shape (SegNet)."""
         return 32
 
     @property
     def output_stride(self) -> int:
-        """The coarsest map the classifier starts from is fc7/score_fr, stride 32, for all three variants."""
+        """The coarsest map the classifier or decoder starts from: fc7/score_fr (FCN) or pool5 (SegNet)."""
         return 32
 
+    def network(self) -> nn.Module:
+        """The module with random weights."""
+        raise NotImplementedError
 
     def build(self) -> nn.Module:
-        p = self.params
-        source = p["backbone_weights"]
+        source = self.params["backbone_weights"]
         state = read_state_dict(source) if source else None  # a missing file fails before 134M are allocated
-        net = FCN(p["in_channels"], p["num_classes"], self.variant, width_divisor=p["width_divisor"],
-                  dropout=p["dropout"], learn_upsampling=p["learn_upsampling"])
+        net = self.network()
         if state is not None:
-            load_vgg16_weights(net, state, source=source)
+            self.load_backbone(net, state, source=source)
         return net
+
+
+class _FCNBase(_VGG16Model):
+    """FCN on VGG16; subclasses fix the stride of the finest fused scores (32, 16, 8)."""
+
+    variant: ClassVar[int] = 32
+    paper = _FCN_PAPER
+    paper_parameters: ClassVar[float | None] = 134.0
+    parameter_note: ClassVar[str] = (
+        "paper counts 21 PASCAL VOC classes; the fixed bilinear final upsampling is a buffer, not a parameter"
+    )
+    params = (
+        _IN_CHANNELS,
+        Param("num_classes", int, 21, help="output classes (21 = PASCAL VOC with background)"),
+        _WIDTH_DIVISOR,
+        Param("dropout", float, 0.5, help="dropout after fc6 and fc7, in [0, 1)"),
+        Param("learn_upsampling", bool, True,
+              help="learn the bilinear-initialised 2x upsamplings of FCN-16s/8s (paper); false freezes them "
+                   "(reference Caffe nets); the final upsampling is always fixed bilinear"),
+        Param("backbone_weights", str, "", loads_weights=True,
+              help="torchvision VGG16 state dict (path, fsspec URL or VGG16_Weights.IMAGENET1K_V1 from the "
+                   "local torch hub cache) for the convs and fc6/fc7; empty = random init"),
+        _CLASS_NAMES,
+    )
+    load_backbone = staticmethod(load_vgg16_weights)
+
+    def network(self) -> nn.Module:
+        p = self.params
+        return FCN(p["in_channels"], p["num_classes"], self.variant, width_divisor=p["width_divisor"],
+                   dropout=p["dropout"], learn_upsampling=p["learn_upsampling"])
 
 
 class FCN32s(_FCNBase):
@@ -115,11 +137,9 @@ class FCN8s(_FCNBase):
     summary = "FCN-8s (Long et al. 2015): FCN with pool4 and pool3 skips, 8x bilinear upsampling."
 
 
-class SegNet(SegmentationModel):
+class SegNet(_VGG16Model):
     """SegNet: VGG16-BN encoder, decoder upsampling by max-unpooling with the encoder's pooling indices."""
 
-    task = Task.SEMANTIC
-    modality = Modality.IMAGE
     summary = "SegNet (Badrinarayanan et al. 2017): VGG16-BN encoder-decoder, unpooling by stored pool indices."
     paper = (
         "V. Badrinarayanan, A. Kendall, R. Cipolla. SegNet: A Deep Convolutional Encoder-Decoder Architecture "
@@ -128,36 +148,16 @@ class SegNet(SegmentationModel):
     paper_parameters: ClassVar[float | None] = 29.5
     parameter_note: ClassVar[str] = "paper counts 11 CamVid classes, as our default"
     params = (
-        Param("in_channels", int, 3, help="input bands (3 = RGB as in the paper)"),
+        _IN_CHANNELS,
         Param("num_classes", int, 11, help="output classes (11 = CamVid road scenes, the paper's benchmark)"),
-        Param("width_divisor", int, 1, help=_WIDTH_HELP),
+        _WIDTH_DIVISOR,
         Param("backbone_weights", str, "", loads_weights=True,
               help="torchvision VGG16-BN state dict (path, fsspec URL or VGG16_BN_Weights.IMAGENET1K_V1 from "
                    "the local torch hub cache) for the encoder; empty = random init"),
-        Param("class_names", str, "", help=_NAMES_HELP),
+        _CLASS_NAMES,
     )
-    smoke_params: ClassVar[dict[str, Any]] = {"in_channels": 1, "num_classes": 2, "width_divisor": 16}
+    load_backbone = staticmethod(load_vgg16_bn_weights)
 
-    def validate(self) -> None:
-        super().validate()
-        _validate(self.params)
-
-    @property
-    def size_divisor(self) -> int:
-        """Five 2x2 pools: padding to 32 keeps every pool exact (and its unpool a true inverse of shape)."""
-        return 32
-
-    @property
-    def output_stride(self) -> int:
-        """The decoder starts from pool5, stride 32."""
-        return 32
-
-
-    def build(self) -> nn.Module:
+    def network(self) -> nn.Module:
         p = self.params
-        source = p["backbone_weights"]
-        state = read_state_dict(source) if source else None
-        net = SegNetModule(p["in_channels"], p["num_classes"], width_divisor=p["width_divisor"])
-        if state is not None:
-            load_vgg16_bn_weights(net, state, source=source)
-        return net
+        return SegNetModule(p["in_channels"], p["num_classes"], width_divisor=p["width_divisor"])

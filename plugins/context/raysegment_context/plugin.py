@@ -22,6 +22,9 @@ from raysegment_context.refinenet import RefineNetModule
 __all__ = ["PSPNet", "RefineNet", "DANet", "parse_bins"]
 
 _VOC = "output classes (default 21: PASCAL VOC's 20 classes + background)"
+#: the two dilated models' own parameters
+_OUTPUT_STRIDE = Param("output_stride", int, 8, help="backbone output stride (8 in the paper)", choices=(8, 16))
+_DROPOUT = Param("dropout", float, 0.1, help="dropout before the classifiers, in [0, 1)")
 
 
 def _common_params(default_backbone: str) -> tuple[Param, ...]:
@@ -59,26 +62,50 @@ def _dropout(params: dict[str, Any]) -> None:
 
 
 class _ContextModel(SegmentationModel):
-    """What the three plugins share: validation and class names. The base class's loss adds the
-    auxiliary outputs with :attr:`aux_loss_weights` (and so does ``raysegment train``)."""
+    """What the three plugins share: the ResNet backbone parameters, the checks of the parameters
+    they have in common (``dropout``, ``aux_weight``, ``output_stride``), the stride and padding, and
+    the auxiliary-loss weights. The base class's loss adds the auxiliary outputs with
+    :attr:`aux_loss_weights` (and so does ``raysegment train``)."""
 
     task = Task.SEMANTIC
     modality = Modality.IMAGE
+    #: auxiliary outputs the module returns after the main logits in training mode, each weighted
+    #: by the ``aux_weight`` parameter
+    aux_heads: ClassVar[int] = 0
 
     def validate(self) -> None:
         """The family's checks; each model adds its own after ``super().validate()``."""
         super().validate()
         _positive(self.params, "in_channels", "num_classes")
+        if "dropout" in self.params:
+            _dropout(self.params)
+        if "aux_weight" in self.params and self.params["aux_weight"] < 0:
+            raise ValueError(f"parameter 'aux_weight' must be >= 0, got {self.params['aux_weight']!r}")
 
     @property
     def depth(self) -> int:
         return backbone_depth(self.params["backbone"])
 
     @property
+    def output_stride(self) -> int:
+        """The dilated backbone's ``output_stride`` parameter; 32 for a plain (undilated) ResNet."""
+        return int(self.params.get("output_stride", 32))
+
+    @property
+    def size_divisor(self) -> int:
+        """The backbone's output stride: its coarsest stage then tiles the input exactly."""
+        return self.output_stride
+
+    @property
     def aux_loss_weights(self) -> tuple[float, ...]:
         """Weights of the auxiliary outputs the module returns after the main logits in training mode."""
-        return ()
+        return (float(self.params["aux_weight"]),) * self.aux_heads if self.aux_heads else ()
 
+    def backbone_kwargs(self) -> dict[str, Any]:
+        """The module arguments every model here takes."""
+        p = self.params
+        return {"in_channels": p["in_channels"], "num_classes": p["num_classes"], "depth": self.depth,
+                "backbone_weights": p["backbone_weights"]}
 
     def reduce(self, output: Any) -> dict[str, torch.Tensor]:
         """As the base, on the main logits should a training-mode tuple arrive."""
@@ -94,10 +121,10 @@ class PSPNet(_ContextModel):
         "CVPR 2017, pp. 2881-2890. arXiv:1612.01105"
     )
     params = _common_params("resnet101") + (
-        Param("output_stride", int, 8, help="backbone output stride (8 in the paper)", choices=(8, 16)),
+        _OUTPUT_STRIDE,
         Param("bins", str, "1,2,3,6", help="pyramid pooling bin counts; each level reduces C to C/levels"),
         Param("head_channels", int, 512, help="width of the 3x3 conv after the pyramid; the aux head has half"),
-        Param("dropout", float, 0.1, help="dropout before the classifiers, in [0, 1)"),
+        _DROPOUT,
         Param("aux_weight", float, 0.4, help="weight of the stage-3 auxiliary loss in training"),
     )
     paper_parameters: ClassVar[float | None] = None
@@ -109,34 +136,17 @@ class PSPNet(_ContextModel):
         "backbone": "resnet18", "in_channels": 1, "num_classes": 2, "head_channels": 32,
     }
 
+    aux_heads = 1
+
     def validate(self) -> None:
         super().validate()
         parse_bins(self.params["bins"])
         _positive(self.params, "head_channels")
-        _dropout(self.params)
-        if self.params["aux_weight"] < 0:
-            raise ValueError(f"parameter 'aux_weight' must be >= 0, got {self.params['aux_weight']!r}")
-
-    @property
-    def output_stride(self) -> int:
-        return int(self.params["output_stride"])
-
-    @property
-    def size_divisor(self) -> int:
-        """The backbone's output stride: feature maps then tile the input exactly."""
-        return int(self.params["output_stride"])
-
-    @property
-    def aux_loss_weights(self) -> tuple[float, ...]:
-        return (float(self.params["aux_weight"]),)
 
     def build(self) -> nn.Module:
         p = self.params
-        return PSPNetModule(
-            in_channels=p["in_channels"], num_classes=p["num_classes"], depth=self.depth,
-            bins=parse_bins(p["bins"]), head_channels=p["head_channels"], dropout=p["dropout"],
-            output_stride=p["output_stride"], backbone_weights=p["backbone_weights"],
-        )
+        return PSPNetModule(**self.backbone_kwargs(), bins=parse_bins(p["bins"]), head_channels=p["head_channels"],
+                            dropout=p["dropout"], output_stride=p["output_stride"])
 
 
 class RefineNet(_ContextModel):
@@ -163,21 +173,9 @@ class RefineNet(_ContextModel):
         super().validate()
         _positive(self.params, "width", "crp_blocks")
 
-    @property
-    def output_stride(self) -> int:
-        return 32
-
-    @property
-    def size_divisor(self) -> int:
-        """The undilated ResNet's 1/32 stage must tile the input."""
-        return 32
-
     def build(self) -> nn.Module:
-        p = self.params
-        return RefineNetModule(
-            in_channels=p["in_channels"], num_classes=p["num_classes"], depth=self.depth, width=p["width"],
-            crp_blocks=p["crp_blocks"], backbone_weights=p["backbone_weights"],
-        )
+        return RefineNetModule(**self.backbone_kwargs(), width=self.params["width"],
+                               crp_blocks=self.params["crp_blocks"])
 
 
 class DANet(_ContextModel):
@@ -189,8 +187,8 @@ class DANet(_ContextModel):
         "Segmentation. CVPR 2019, pp. 3146-3154. arXiv:1809.02983"
     )
     params = _common_params("resnet101") + (
-        Param("output_stride", int, 8, help="backbone output stride (8 in the paper)", choices=(8, 16)),
-        Param("dropout", float, 0.1, help="dropout before the classifiers, in [0, 1)"),
+        _OUTPUT_STRIDE,
+        _DROPOUT,
         Param("aux_weight", float, 1.0,
               help="weight of each single-branch (PAM, CAM) loss in training; 1 in the authors' code"),
     )
@@ -201,29 +199,8 @@ class DANet(_ContextModel):
     )
     smoke_params: ClassVar[dict[str, Any]] = {"backbone": "resnet18", "in_channels": 1, "num_classes": 2}
 
-    def validate(self) -> None:
-        super().validate()
-        _dropout(self.params)
-        if self.params["aux_weight"] < 0:
-            raise ValueError(f"parameter 'aux_weight' must be >= 0, got {self.params['aux_weight']!r}")
-
-    @property
-    def output_stride(self) -> int:
-        return int(self.params["output_stride"])
-
-    @property
-    def size_divisor(self) -> int:
-        """The backbone's output stride: feature maps then tile the input exactly."""
-        return int(self.params["output_stride"])
-
-    @property
-    def aux_loss_weights(self) -> tuple[float, ...]:
-        weight = float(self.params["aux_weight"])
-        return (weight, weight)
+    aux_heads = 2  # the single-branch (PAM, CAM) classifiers
 
     def build(self) -> nn.Module:
         p = self.params
-        return DANetModule(
-            in_channels=p["in_channels"], num_classes=p["num_classes"], depth=self.depth, dropout=p["dropout"],
-            output_stride=p["output_stride"], backbone_weights=p["backbone_weights"],
-        )
+        return DANetModule(**self.backbone_kwargs(), dropout=p["dropout"], output_stride=p["output_stride"])

@@ -39,22 +39,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from raysegment_unet.init import check_divisible, he_init
+from raysegment_unet.skeleton import UNetSkeleton, check_positive
 
 __all__ = ["DenseLayer", "DenseBlock", "DenseUNet2d", "validate_config"]
 
 
 def validate_config(in_channels: int, num_classes: int, depth: int, growth_rate: int, layers_per_block: int) -> None:
     """Reject impossible configurations before any layer is allocated (``ValueError`` naming the parameter)."""
-    for name, value in (
-        ("in_channels", in_channels),
-        ("num_classes", num_classes),
-        ("depth", depth),
-        ("growth_rate", growth_rate),
-        ("layers_per_block", layers_per_block),
-    ):
-        if value < 1:
-            raise ValueError(f"parameter {name!r} must be >= 1, got {value!r}")
+    check_positive(in_channels=in_channels, num_classes=num_classes, depth=depth, growth_rate=growth_rate,
+                   layers_per_block=layers_per_block)
 
 
 def conv_bn_relu(c_in: int, c_out: int, kernel_size: int) -> nn.Sequential:
@@ -94,7 +87,7 @@ class DenseBlock(nn.Module):
         return torch.cat(features, dim=1)
 
 
-class DenseUNet2d(nn.Module):
+class DenseUNet2d(UNetSkeleton):
     """FD-UNet with ``depth`` pooling steps (``depth + 1`` spatial levels).
 
     Level ``l`` (0-based) uses growth rate ``growth_rate * 2**l``. ``depth=4,
@@ -110,9 +103,8 @@ class DenseUNet2d(nn.Module):
         growth_rate: int = 16,
         layers_per_block: int = 4,
     ) -> None:
-        super().__init__()
         validate_config(in_channels, num_classes, depth, growth_rate, layers_per_block)
-        self.in_channels, self.num_classes, self.depth = in_channels, num_classes, depth
+        super().__init__(in_channels, num_classes, depth)
         rates = [growth_rate * 2**level for level in range(depth + 1)]
         self.growth_rates = rates
 
@@ -148,25 +140,14 @@ class DenseUNet2d(nn.Module):
         self.head = nn.Conv2d(width, num_classes, kernel_size=1)
         self.reset_parameters()
 
-    @property
-    def size_divisor(self) -> int:
-        """Spatial multiple the input's height and width must have."""
-        return 2**self.depth
+    # -- the steps where the paper differs from the original U-Net --------------------------
+    def stem_step(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stem(x)
 
-    def reset_parameters(self) -> None:
-        """He-normal convs (ReLU network), unit BN scale, zero shifts and biases."""
-        he_init(self)
+    def encode(self, level: int, x: torch.Tensor) -> torch.Tensor:
+        """Dense block, then the 1x1 transition whose output is the skip."""
+        return self.transitions[level](self.encoders[level](x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_channels, H, W) -> logits (B, num_classes, H, W)."""
-        check_divisible(x, self.size_divisor)
-        x = self.stem(x)
-        skips: list[torch.Tensor] = []
-        for block, transition in zip(self.encoders, self.transitions):
-            x = transition(block(x))
-            skips.append(x)
-            x = self.pool(x)
-        x = self.bottom(x)
-        for upconv, reducer, block, skip in zip(self.upconvs, self.reducers, self.decoders, reversed(skips)):
-            x = block(reducer(torch.cat([skip, upconv(x)], dim=1)))
-        return self.head(x)
+    def decode(self, step: int, x: torch.Tensor) -> torch.Tensor:
+        """1x1 reduction of the concatenation to ``4 k_l`` maps, then the dense block."""
+        return self.decoders[step](self.reducers[step](x))

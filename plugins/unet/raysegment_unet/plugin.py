@@ -10,8 +10,9 @@ there is no ``backbone_weights`` parameter; full-model weights come through ``--
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -27,19 +28,40 @@ from raysegment.plugin import (
     SemanticPrediction,
     Task,
 )
-from raysegment_unet import denseunet, resunet, unet3d
-from raysegment_unet.unet2d import UNet2d, validate_config
+from raysegment_unet import denseunet, resunet, unet2d, unet3d
 
 __all__ = ["UNet", "ResUNet", "DenseUNet", "UNet3D"]
 
-_NAMES_HELP = "comma-separated class names; empty means class_0, class_1, ..."
+_CLASS_NAMES = Param("class_names", str, "", help="comma-separated class names; empty means class_0, class_1, ...")
 
 
 class _UNetFamily(SegmentationModel):
-    """Shared by the three: semantic images, ``2**depth`` padding and stride, named classes."""
+    """Shared by the four: semantic, ``2**depth`` padding and stride, and parameters that are the
+    network's own keyword arguments, so that a model is declared by its network and its check.
+    """
 
     task = Task.SEMANTIC
     modality = Modality.IMAGE
+    #: the ``nn.Module`` class ``build()`` makes; every parameter not in :attr:`plugin_only` is
+    #: one of its keyword arguments (an unknown one fails loudly, as a ``TypeError``)
+    network: ClassVar[Callable[..., nn.Module]]
+    #: the network module's ``validate_config``: the same checks, on the driver, before anything
+    #: is allocated; it is passed the parameters its signature names
+    check_config: ClassVar[Callable[..., None]]
+    #: parameters the plugin uses itself rather than passing to the network
+    plugin_only: ClassVar[tuple[str, ...]] = ("class_names",)
+
+    def network_kwargs(self) -> dict[str, Any]:
+        """The resolved parameters that are the network's arguments."""
+        return {name: value for name, value in self.params.items() if name not in self.plugin_only}
+
+    def validate(self) -> None:
+        super().validate()
+        kwargs = self.network_kwargs()
+        self.check_config(**{name: kwargs[name] for name in inspect.signature(self.check_config).parameters})
+
+    def build(self) -> nn.Module:
+        return self.network(**self.network_kwargs())
 
     @property
     def size_divisor(self) -> int:
@@ -77,24 +99,10 @@ class UNet(_UNetFamily):
         Param("base_channels", int, 64, help="channels of the first level; doubled at each level below"),
         Param("batch_norm", bool, False, help="add BatchNorm after every 3x3 conv (not in the paper)"),
         Param("dropout", float, 0.0, help="dropout rate at the end of the contracting path, in [0, 1)"),
-        Param("class_names", str, "", help=_NAMES_HELP),
+        _CLASS_NAMES,
     )
-
-    def validate(self) -> None:
-        super().validate()
-        p = self.params
-        validate_config(p["in_channels"], p["num_classes"], p["depth"], p["base_channels"], p["dropout"])
-
-    def build(self) -> nn.Module:
-        p = self.params
-        return UNet2d(
-            in_channels=p["in_channels"],
-            num_classes=p["num_classes"],
-            depth=p["depth"],
-            base_channels=p["base_channels"],
-            batch_norm=p["batch_norm"],
-            dropout=p["dropout"],
-        )
+    network = unet2d.UNet2d
+    check_config = staticmethod(unet2d.validate_config)
 
 
 class ResUNet(_UNetFamily):
@@ -123,17 +131,10 @@ class ResUNet(_UNetFamily):
                                     "3 is the paper's network; input H, W padded to 2**depth"),
         Param("base_channels", int, 64,
               help="filters of the first level, doubled at each level below (64 in the paper)"),
-        Param("class_names", str, "", help=_NAMES_HELP),
+        _CLASS_NAMES,
     )
-
-    def validate(self) -> None:
-        super().validate()
-        p = self.params
-        resunet.validate_config(p["in_channels"], p["num_classes"], p["depth"], p["base_channels"])
-
-    def build(self) -> nn.Module:
-        p = self.params
-        return resunet.ResUNet2d(p["in_channels"], p["num_classes"], p["depth"], p["base_channels"])
+    network = resunet.ResUNet2d
+    check_config = staticmethod(resunet.validate_config)
 
 
 class DenseUNet(_UNetFamily):
@@ -161,19 +162,10 @@ class DenseUNet(_UNetFamily):
         Param("growth_rate", int, 16, help="growth rate k of the first level's dense blocks, doubled at each level "
                                            "below (16 in the paper, giving 128 maps at the first level)"),
         Param("layers_per_block", int, 4, help="dense layers per block (4 in the paper: each block doubles its input)"),
-        Param("class_names", str, "", help=_NAMES_HELP),
+        _CLASS_NAMES,
     )
-
-    def validate(self) -> None:
-        super().validate()
-        p = self.params
-        denseunet.validate_config(p["in_channels"], p["num_classes"], p["depth"], p["growth_rate"],
-                   p["layers_per_block"])
-
-    def build(self) -> nn.Module:
-        p = self.params
-        return denseunet.DenseUNet2d(p["in_channels"], p["num_classes"], p["depth"], p["growth_rate"],
-                                     p["layers_per_block"])
+    network = denseunet.DenseUNet2d
+    check_config = staticmethod(denseunet.validate_config)
 
 
 class UNet3D(_UNetFamily):
@@ -221,20 +213,17 @@ class UNet3D(_UNetFamily):
         Param("intensity_scale", float, 1.0,
               help="fixed factor applied after the dtype rule (integers / dtype max, floats as they are); "
                    "e.g. 0.00025 for float MRI up to ~4000; never computed per window"),
-        Param("class_names", str, "", help=_NAMES_HELP),
+        _CLASS_NAMES,
     )
+    network = unet3d.UNet3d
+    check_config = staticmethod(unet3d.validate_config)
+    plugin_only = ("class_names", "intensity_scale")
 
     def validate(self) -> None:
         super().validate()
-        p = self.params
-        unet3d.validate_config(p["in_channels"], p["num_classes"], p["depth"], p["base_channels"])
-        scale = p["intensity_scale"]
+        scale = self.params["intensity_scale"]
         if not (math.isfinite(scale) and scale > 0):
             raise ParamError(f"parameter 'intensity_scale' must be positive and finite, got {scale!r}")
-
-    def build(self) -> nn.Module:
-        p = self.params
-        return unet3d.UNet3d(p["in_channels"], p["num_classes"], p["depth"], p["base_channels"])
 
     def preprocess(self, sample: Sample) -> np.ndarray:
         """``(D, H, W, C)`` -> ``(C, D, H, W)`` float32: the dtype rule, then ``intensity_scale``."""

@@ -37,21 +37,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from raysegment_unet.init import check_divisible, he_init
+from raysegment_unet.skeleton import UNetSkeleton, check_positive
 
 __all__ = ["ResidualUnit", "ResUNet2d", "validate_config"]
 
 
 def validate_config(in_channels: int, num_classes: int, depth: int, base_channels: int) -> None:
     """Reject impossible configurations before any layer is allocated (``ValueError`` naming the parameter)."""
-    for name, value in (
-        ("in_channels", in_channels),
-        ("num_classes", num_classes),
-        ("depth", depth),
-        ("base_channels", base_channels),
-    ):
-        if value < 1:
-            raise ValueError(f"parameter {name!r} must be >= 1, got {value!r}")
+    check_positive(in_channels=in_channels, num_classes=num_classes, depth=depth, base_channels=base_channels)
 
 
 def _conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
@@ -91,7 +84,7 @@ class ResidualUnit(nn.Module):
         return self.shortcut(x) + self.residual(x)
 
 
-class ResUNet2d(nn.Module):
+class ResUNet2d(UNetSkeleton):
     """ResUNet with ``depth`` downsampling steps: ``depth`` encoder levels, a bridge, ``depth`` decoder levels.
 
     Encoder level ``i`` (0-based) and the bridge (``i = depth``) have ``base_channels * 2**i``
@@ -100,6 +93,8 @@ class ResUNet2d(nn.Module):
     be multiples of :attr:`size_divisor` (``2**depth``).
     """
 
+    skip_first = False  # each decoder level concatenates (upsampled, skip)
+
     def __init__(
         self,
         in_channels: int = 3,
@@ -107,9 +102,8 @@ class ResUNet2d(nn.Module):
         depth: int = 3,
         base_channels: int = 64,
     ) -> None:
-        super().__init__()
         validate_config(in_channels, num_classes, depth, base_channels)
-        self.in_channels, self.num_classes, self.depth = in_channels, num_classes, depth
+        super().__init__(in_channels, num_classes, depth)
         widths = [base_channels * 2**i for i in range(depth + 1)]
         self.widths = widths
 
@@ -126,23 +120,14 @@ class ResUNet2d(nn.Module):
         self.head = nn.Conv2d(widths[0], num_classes, kernel_size=1)
         self.reset_parameters()
 
-    @property
-    def size_divisor(self) -> int:
-        """Spatial multiple the input's height and width must have."""
-        return 2**self.depth
+    # -- the steps where the paper differs from the original U-Net --------------------------
+    def down(self, x: torch.Tensor) -> torch.Tensor:
+        """Nothing: every unit after the first starts with a stride-2 conv."""
+        return x
 
-    def reset_parameters(self) -> None:
-        """He-normal convs (ReLU network), unit BN scale, zero shifts and biases."""
-        he_init(self)
+    def middle(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bridge(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_channels, H, W) -> logits (B, num_classes, H, W)."""
-        check_divisible(x, self.size_divisor)
-        skips: list[torch.Tensor] = []
-        for encoder in self.encoders:
-            x = encoder(x)
-            skips.append(x)
-        x = self.bridge(x)
-        for decoder, skip in zip(self.decoders, reversed(skips)):
-            x = decoder(torch.cat([self.upsample(x), skip], dim=1))
-        return self.head(x)
+    def up(self, step: int, x: torch.Tensor) -> torch.Tensor:
+        """Nearest-neighbour 2x, parameter-free."""
+        return self.upsample(x)

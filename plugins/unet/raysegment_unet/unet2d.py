@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from raysegment_unet.init import check_divisible, he_init
+from raysegment_unet.skeleton import UNetSkeleton, check_positive
 
 __all__ = ["DoubleConv", "UNet2d", "validate_config"]
 
@@ -39,14 +39,7 @@ def validate_config(
     Raises ``ValueError`` naming the parameter so that callers (the plugin) can
     pass the message on to users unchanged.
     """
-    for name, value in (
-        ("in_channels", in_channels),
-        ("num_classes", num_classes),
-        ("depth", depth),
-        ("base_channels", base_channels),
-    ):
-        if value < 1:
-            raise ValueError(f"parameter {name!r} must be >= 1, got {value!r}")
+    check_positive(in_channels=in_channels, num_classes=num_classes, depth=depth, base_channels=base_channels)
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"parameter 'dropout' must be in [0, 1), got {dropout!r}")
 
@@ -70,7 +63,7 @@ class DoubleConv(nn.Sequential):
         self.out_channels = out_channels
 
 
-class UNet2d(nn.Module):
+class UNet2d(UNetSkeleton):
     """U-Net with ``depth`` pooling steps, i.e. ``depth + 1`` resolution levels.
 
     Level ``i`` has ``base_channels * 2**i`` feature channels; the defaults
@@ -92,11 +85,8 @@ class UNet2d(nn.Module):
         batch_norm: bool = False,
         dropout: float = 0.0,
     ) -> None:
-        super().__init__()
         validate_config(in_channels, num_classes, depth, base_channels, dropout)
-        self.in_channels = in_channels
-        self.num_classes = num_classes
-        self.depth = depth
+        super().__init__(in_channels, num_classes, depth)
         self.base_channels = base_channels
 
         widths = [base_channels * 2**i for i in range(depth + 1)]
@@ -119,24 +109,6 @@ class UNet2d(nn.Module):
         self.head = nn.Conv2d(widths[0], num_classes, kernel_size=1)
         self.reset_parameters()
 
-    @property
-    def size_divisor(self) -> int:
-        """Spatial multiple the input's height and width must have."""
-        return 2**self.depth
-
-    def reset_parameters(self) -> None:
-        """He-normal weights and zero biases, as in the paper (Section 3)."""
-        he_init(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_channels, H, W) -> logits (B, num_classes, H, W)."""
-        check_divisible(x, self.size_divisor)
-        skips: list[torch.Tensor] = []
-        for encoder in self.encoders:
-            x = encoder(x)
-            skips.append(x)
-            x = self.pool(x)
-        x = self.dropout(self.bottleneck(x))
-        for upconv, decoder, skip in zip(self.upconvs, self.decoders, reversed(skips)):
-            x = decoder(torch.cat([skip, upconv(x)], dim=1))
-        return self.head(x)
+    def middle(self, x: torch.Tensor) -> torch.Tensor:
+        """The bottleneck, then the paper's dropout."""
+        return self.dropout(self.bottleneck(x))

@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from raysegment_unet.init import check_divisible, he_init
+from raysegment_unet.skeleton import UNetSkeleton, check_positive
 
 __all__ = ["AnalysisBlock", "UNet3d", "validate_config"]
 
@@ -42,14 +42,7 @@ PAPER_PARAMETERS = 19_069_955
 
 def validate_config(in_channels: int, num_classes: int, depth: int, base_channels: int) -> None:
     """Reject impossible configurations before any layer is allocated (``ValueError`` naming the parameter)."""
-    for name, value in (
-        ("in_channels", in_channels),
-        ("num_classes", num_classes),
-        ("depth", depth),
-        ("base_channels", base_channels),
-    ):
-        if value < 1:
-            raise ValueError(f"parameter {name!r} must be >= 1, got {value!r}")
+    check_positive(in_channels=in_channels, num_classes=num_classes, depth=depth, base_channels=base_channels)
 
 
 class AnalysisBlock(nn.Sequential):
@@ -64,7 +57,7 @@ class AnalysisBlock(nn.Sequential):
         self.in_channels, self.mid_channels, self.out_channels = in_channels, mid_channels, out_channels
 
 
-class UNet3d(nn.Module):
+class UNet3d(UNetSkeleton):
     """3D U-Net with ``depth`` max-pooling steps; ``depth=3, base_channels=32`` is the paper's network.
 
     Analysis level ``i`` convolves to ``base * 2**i`` then ``base * 2**(i+1)`` channels; the
@@ -72,10 +65,11 @@ class UNet3d(nn.Module):
     (B, C, D, H, W) with D, H, W multiples of :attr:`size_divisor`.
     """
 
+    spatial_dims = 3
+
     def __init__(self, in_channels: int = 3, num_classes: int = 3, depth: int = 3, base_channels: int = 32) -> None:
-        super().__init__()
         validate_config(in_channels, num_classes, depth, base_channels)
-        self.in_channels, self.num_classes, self.depth = in_channels, num_classes, depth
+        super().__init__(in_channels, num_classes, depth)
 
         self.encoders = nn.ModuleList()
         c_in = in_channels
@@ -99,26 +93,8 @@ class UNet3d(nn.Module):
         self.head = nn.Conv3d(width, num_classes, kernel_size=1)
         self.reset_parameters()
 
-    @property
-    def size_divisor(self) -> int:
-        """Spatial multiple the input's depth, height and width must have."""
-        return 2**self.depth
-
-    def reset_parameters(self) -> None:
-        """He-normal convs (the paper's initialisation for a ReLU network), unit BN scale, zero shifts."""
-        he_init(self)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_channels, D, H, W) -> logits (B, num_classes, D, H, W)."""
         if x.ndim != 5:
             raise ValueError(f"expected a (B, C, D, H, W) volume batch, got shape {tuple(x.shape)}")
-        check_divisible(x, self.size_divisor, 3)
-        skips: list[torch.Tensor] = []
-        for encoder in self.encoders:
-            x = encoder(x)
-            skips.append(x)
-            x = self.pool(x)
-        x = self.bottom(x)
-        for upconv, decoder, skip in zip(self.upconvs, self.decoders, reversed(skips)):
-            x = decoder(torch.cat([skip, upconv(x)], dim=1))
-        return self.head(x)
+        return super().forward(x)
