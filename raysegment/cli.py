@@ -214,9 +214,11 @@ def infer(input: str, output: str, model: str | None, checkpoint: str | None, pa
 
 
 # -- train -------------------------------------------------------------------------------
-def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
+def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...] | str | None:
     if not value:
         return None
+    if value.strip() == "balanced":
+        return "balanced"
     try:
         return tuple(float(v) for v in value.split(","))
     except ValueError:
@@ -241,10 +243,20 @@ def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> tu
 @click.option("--weight-decay", default=0.0, type=click.FloatRange(min=0), help="Adam weight decay.")
 @click.option("--loss", default=None, help="Loss terms: ce, bce, dice, focal, unet_weighted; combine as 'ce:1,dice:0.5'. "
               "Default: the plugin's own loss (for semantic models pixel-wise cross-entropy plus aux terms).")
-@click.option("--class-weights", default=None, callback=_floats, help="Per-class loss weights, comma-separated.")
+@click.option("--class-weights", default=None, callback=_floats,
+              help="Per-class loss weights, comma-separated, or 'balanced' (total / (K x class pixels) of the training masks).")
 @click.option("--augment", default="flip,rot90", help="e.g. 'flip,rot90,crop=256,scale=0.8-1.2,gamma=0.8-1.25,brightness=0.1,elastic=10' or 'none'.")
 @click.option("--mask-values", default="", show_default=False,
               help="Raw mask value to class id, e.g. '0:1,255:0'. [default: values are class ids]")
+@click.option("--select", default=None,
+              help="Checkpoint metric: miou, fg_miou (without background), iou:<class> or dice:<class>. "
+                   "[default: the foreground IoU for two classes, else miou]")
+@click.option("--normalize", default=None,
+              help="Input normalisation before the model's preprocess: dtype, minmax:LO:HI[,LO:HI...], "
+                   "percentile[:2:98] or zscore; stored in the checkpoint, applied by infer. "
+                   "[default: the --checkpoint's, else dtype]")
+@click.option("--stats", "stats_file", default=None,
+              help="Statistics JSON from `raysegment stats` for percentile/zscore. [default: computed on the training images]")
 @click.option("--storage", default="runs", help="Where runs live: a folder or fsspec URL (s3://...).")
 @click.option("--name", default="train", help="Run name: its folder under --storage.")
 @click.option("--resume", is_flag=True, help="Continue the run NAME from its last checkpoint.")
@@ -255,8 +267,10 @@ def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> tu
 def train(data: str, masks: str | None, pair: str, val_images: str | None, val_masks: str | None, val_fraction: float,
           model: str | None, params: tuple[str, ...], checkpoint: str | None, epochs: int, batch_size: int,
           workers: int, use_gpu: bool, lr: float, weight_decay: float, loss: str | None,
-          class_weights: tuple[float, ...] | None, augment: str, mask_values: str, storage: str, name: str,
-          resume: bool, seed: int, bad_data: str, max_failures: int, address: str | None) -> None:
+          class_weights: tuple[float, ...] | str | None, augment: str, mask_values: str, select: str | None,
+          normalize: str | None,
+          stats_file: str | None, storage: str, name: str, resume: bool, seed: int, bad_data: str, max_failures: int,
+          address: str | None) -> None:
     """Train a model on Ray Train from (image, mask) pairs; the best checkpoint feeds `infer`.
 
     DATA is an image folder/prefix (with --masks) or a CSV/Parquet manifest with
@@ -269,7 +283,8 @@ def train(data: str, masks: str | None, pair: str, val_images: str | None, val_m
         images=data, masks=masks, pair=pair, val_images=val_images, val_masks=val_masks, val_fraction=val_fraction,
         model=model, params=parse_params(params), init_checkpoint=checkpoint, epochs=epochs, batch_size=batch_size,
         workers=workers, use_gpu=use_gpu, lr=lr, weight_decay=weight_decay, loss=loss, class_weights=class_weights,
-        augment=augment, mask_values=mask_values, storage=storage, name=name, resume=resume, seed=seed,
+        augment=augment, mask_values=mask_values, select=select, normalize=normalize, stats=stats_file, storage=storage, name=name,
+        resume=resume, seed=seed,
         bad_data=bad_data, max_failures=max_failures, address=address,
     ))
     click.echo(summary.format())
@@ -306,6 +321,35 @@ def eval_(pred: str, gt: str, pair: str, mask_values: str, ignore_index: int, nu
         json.dump(result.to_dict(), f, indent=2)
     click.echo(result.format())
     click.echo(f"wrote {out_path}")
+
+
+# -- stats -------------------------------------------------------------------------------
+@main.command()
+@click.argument("input")
+@click.option("--modality", default="image", type=click.Choice(["image", "volume"]),
+              help="How the items are decoded (volume: NIfTI).")
+@click.option("--out", "out_path", default="stats.json", help="JSON to write (path or fsspec URL).")
+@click.option("--address", default=None, help="Ray cluster to join. [default: embedded local Ray]")
+def stats(input: str, modality: str, out_path: str, address: str | None) -> None:
+    """Per-band statistics of INPUT on Ray: count, min, max, mean, std and percentiles (for --normalize).
+
+    INPUT is a folder/prefix, a glob or a manifest, as for `infer`. Memory stays bounded
+    (quantile sketches); percentiles are approximate within the rank error the JSON states.
+    """
+    import fsspec
+
+    from raysegment.eval.stats import compute_stats
+
+    result = compute_stats(input, modality=modality, address=address)
+    with fsspec.open(out_path, "w") as f:
+        json.dump(result, f, indent=1)
+    for band in result["bands"]:
+        p = band["percentiles"]
+        click.echo(f"band {band['band']}: n {band['count']}  min {band['min']:g}  max {band['max']:g}  "
+                   f"mean {band['mean']:.4g}  std {band['std']:.4g}  p2 {p[4]:g}  p50 {p[100]:g}  p98 {p[196]:g}")
+    click.echo(f"{result['items']} item(s), {result['failed']} unreadable; wrote {out_path}")
+    for problem in result["problems"]:
+        click.echo(f"  {problem}")
 
 
 # -- show --------------------------------------------------------------------------------

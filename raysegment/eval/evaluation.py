@@ -46,7 +46,7 @@ __all__ = ["EvalResult", "evaluate"]
 
 EXAMPLES = 5  # problem URIs kept per kind, for the report
 ROWS_PER_TASK = 16
-_COUNTS = ("rows", "matched", "missing", "skipped_error_rows", "size_mismatch", "failed")
+_COUNTS = ("rows", "matched", "missing", "skipped_error_rows", "size_mismatch", "failed", "ignored_pixels")
 
 
 @dataclasses.dataclass
@@ -64,6 +64,9 @@ class EvalResult:
     size_mismatch: int  # ground truth of another size than the prediction
     failed: int  # rows that could not be compared: unreadable mask, a label outside the classes
     problems: list[str]  # the first few "uri: reason" of size mismatches and errors
+    ignored_pixels: int = 0  # ground-truth pixels at the ignore index (not scored)
+    ignore_index: int = 255
+    mask_values_given: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON: the counts, examples and :meth:`SegmentationMetrics.to_dict`."""
@@ -77,6 +80,14 @@ class EvalResult:
                  f"failed {self.failed}"]
         lines += [f"  no ground truth: {uri}" for uri in self.missing_gt]
         lines += [f"  {p}" for p in self.problems]
+        absent = [n for n, iou in zip(self.metrics.class_names, self.metrics.iou) if iou != iou]  # NaN
+        if absent:
+            lines.append(f"classes absent from both prediction and truth (no IoU, left out of the means): "
+                         f"{', '.join(absent)}")
+        if self.ignored_pixels and not self.mask_values_given:
+            lines.append(f"warning: {self.ignored_pixels:,} ground-truth pixel(s) have value {self.ignore_index} = "
+                         f"--ignore-index and are not scored; if they are a class (a 0/{self.ignore_index} mask), "
+                         f"pass --mask-values, e.g. 0:0,{self.ignore_index}:1")
         return "\n".join(lines)
 
 
@@ -183,6 +194,7 @@ def _evaluate_batch(batch: Any, *, index: _GtIndex, task: Task, num_classes: int
                 continue
             acc.update(pred, target)
             counts["matched"] += 1
+            counts["ignored_pixels"] += int(np.count_nonzero(target == ignore_index))
         except Exception as exc:
             counts["failed"] += 1
             problems.append(f"{row['uri']}: {describe_error(exc)}")
@@ -281,4 +293,4 @@ def evaluate(pred: str, gt: str, *, pair: str = "{stem}", mask_values: str | Map
         names = merged if len(set(merged)) == k else names
     metrics = total.metrics(names if len(set(names)) == k else None)
     return EvalResult(pred=root.shown, gt=redact(gt), metrics=metrics, missing_gt=missing, problems=problems,
-                      **counts)
+                      ignore_index=ignore_index, mask_values_given=bool(value_map), **counts)

@@ -57,7 +57,7 @@ def decode_batch(
         try:
             data = batch["data"][i] if inline[i] else read_bytes(uri, storage_options)
             sample = decode(uri, data, plugin.modality, limits)
-            image = plugin.preprocess(sample)
+            image = spec.preprocess(sample)  # the run's normalisation, then the plugin's preprocess
             h, w = int(sample.meta.get("height", image.shape[-2])), int(sample.meta.get("width", image.shape[-1]))
             height[i], width[i] = h, w
             payload[i] = pack({"image": image})

@@ -125,15 +125,16 @@ def scene_json(info: SceneInfo, tiling: Tiling) -> str:
     return json.dumps({"info": dataclasses.asdict(info), "tiling": tiling.to_json()}, sort_keys=True)
 
 
-def _check_model_takes(plugin: SegmentationModel, info: SceneInfo) -> None:
-    """Ask the plugin's own ``preprocess`` about a one-pixel scene of this band count and dtype,
-    so a scene it cannot take is one error row, not one failed read per window."""
+def _check_model_takes(spec: ModelSpec, info: SceneInfo) -> None:
+    """Ask the run's normalisation and the plugin's own ``preprocess`` about a one-pixel scene of
+    this band count and dtype, so a scene it cannot take is one error row, not one failed read per window."""
+    plugin = spec.plugin()
     spatial = (1,) * len(info.shape)
     if plugin.modality is Modality.VOLUME and len(info.shape) != 3:
         raise InputError(f"{info.format} input is 2D but {type(plugin).__name__} takes volumes")
     if plugin.modality is not Modality.VOLUME and len(info.shape) != 2:
         raise InputError(f"{info.format} input is a volume but the model takes 2D images")
-    plugin.preprocess(Sample(np.zeros((*spatial, info.bands), dtype=info.dtype), meta={}))
+    spec.preprocess(Sample(np.zeros((*spatial, info.bands), dtype=info.dtype), meta={}))
 
 
 def plan_scene_windows(
@@ -153,7 +154,7 @@ def plan_scene_windows(
         try:
             with open_scene(str(uri), storage_options, plugin.modality, limits) as reader:
                 info = reader.info
-            _check_model_takes(plugin, info)
+            _check_model_takes(spec, info)
             plan = scene_plan(info.shape, tiling)
             text = scene_json(info, tiling)
         except Exception as exc:
@@ -196,7 +197,7 @@ def read_windows(
                     status[i] = "skip"
                     continue
                 meta = dict(zip(("depth", "height", "width")[-len(window.size):], window.size))
-                payload[i] = pack({"image": plugin.preprocess(Sample(data, uri, meta))})
+                payload[i] = pack({"image": spec.preprocess(Sample(data, uri, meta))})
                 if valid is not None and not valid.all():
                     valid_col[i] = pack({"valid": valid})
             except Exception as exc:

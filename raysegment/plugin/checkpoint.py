@@ -18,6 +18,7 @@ import fsspec
 import torch
 from torch import nn
 
+from raysegment.plugin.normalization import Normalization
 from raysegment.uri import redact
 
 __all__ = ["FORMAT", "Checkpoint", "CheckpointError", "load_checkpoint", "save_checkpoint", "load_weights"]
@@ -38,6 +39,7 @@ class Checkpoint:
     class_names: list[str] | None = None
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
     sha256: str = ""
+    normalization: Normalization = Normalization()  # what the model was trained on; infer applies it
 
 
 def save_checkpoint(
@@ -50,6 +52,7 @@ def save_checkpoint(
     class_names: list[str] | tuple[str, ...],
     metrics: Mapping[str, Any] | None = None,
     storage_options: dict[str, Any] | None = None,
+    normalization: Normalization | None = None,
 ) -> str:
     """Write a checkpoint to any fsspec URL; returns its sha256."""
     payload = {
@@ -59,6 +62,7 @@ def save_checkpoint(
         "params": dict(params),
         "class_names": list(class_names),
         "metrics": dict(metrics or {}),
+        "normalization": (normalization or Normalization()).to_json(),
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
     }
     buf = io.BytesIO()
@@ -93,6 +97,7 @@ def load_checkpoint(url: str, storage_options: dict[str, Any] | None = None) -> 
             class_names=list(obj["class_names"]) if obj.get("class_names") else None,
             metrics=dict(obj.get("metrics") or {}),
             sha256=digest,
+            normalization=Normalization.from_json(obj.get("normalization")),
         )
     if isinstance(obj, Mapping) and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return Checkpoint(state_dict=dict(obj), sha256=digest)

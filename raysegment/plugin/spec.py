@@ -15,7 +15,9 @@ from typing import Any
 
 from raysegment.plugin.checkpoint import CheckpointError, load_checkpoint
 from raysegment.plugin.contract import SegmentationModel
+from raysegment.plugin.normalization import Normalization
 from raysegment.plugin.registry import get_registry
+from raysegment.plugin.types import Sample
 from raysegment.uri import redact
 
 __all__ = ["ModelSpec", "resolve_model", "parse_params"]
@@ -31,6 +33,8 @@ class ModelSpec:
     class_names: tuple[str, ...]
     checkpoint: str | None = None
     checkpoint_sha256: str | None = None
+    #: applied to every item before the plugin's ``preprocess`` (stored in the checkpoint)
+    normalization: Normalization = Normalization()
 
     @property
     def label_names(self) -> tuple[str, ...]:
@@ -39,6 +43,10 @@ class ModelSpec:
 
     def plugin(self) -> SegmentationModel:
         return _plugin(self.name, json.dumps(dict(self.params), sort_keys=True))
+
+    def preprocess(self, sample: Sample) -> Any:
+        """The run's normalisation, then the plugin's ``preprocess``: the one way items reach a model."""
+        return self.plugin().preprocess(self.normalization.apply(sample))
 
     def info(self) -> dict[str, Any]:
         """The ``model`` struct of every output row."""
@@ -74,10 +82,12 @@ def resolve_model(
     storage_options: dict[str, Any] | None = None,
     *,
     warn_random: bool = True,
+    normalization: Normalization | None = None,
 ) -> ModelSpec:
     """Validate the model choice before any Ray work starts.
 
-    Checkpoint parameters are the base; explicit ``params`` override them.
+    Checkpoint parameters are the base; explicit ``params`` override them. The normalisation is
+    ``normalization`` when given, else the checkpoint's, else the dtype rule.
     Without a checkpoint the model gets random weights, which is only a smoke test.
     """
     ckpt = load_checkpoint(checkpoint, storage_options) if checkpoint else None
@@ -111,6 +121,7 @@ def resolve_model(
         class_names=names,
         checkpoint=checkpoint,
         checkpoint_sha256=ckpt.sha256 if ckpt else None,
+        normalization=normalization or (ckpt.normalization if ckpt else Normalization()),
     )
 
 

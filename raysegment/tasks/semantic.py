@@ -22,7 +22,7 @@ from raysegment.tasks.spec import PredictionError, TaskSpec
 from raysegment.tiling.merge import StripMerger
 from raysegment.tiling.plan import TilePlan
 
-__all__ = ["SEMANTIC", "blended_logits", "label_map_of_row", "semantic_report", "check_semantic_prediction", "check_semantic_reduced", "pixel_loss",
+__all__ = ["SEMANTIC", "blended_logits", "label_map_of_row", "semantic_report", "semantic_select", "check_semantic_prediction", "check_semantic_reduced", "pixel_loss",
            "semantic_target"]
 
 
@@ -82,17 +82,43 @@ def label_map_of_row(row: Mapping[str, Any]) -> np.ndarray:
 
 
 def semantic_report(metrics: SegmentationMetrics) -> dict[str, Any]:
-    """An epoch's validation fields: mIoU (the checkpoint score), mAcc, pixel accuracy, pixels, IoU per class.
+    """An epoch's validation fields: mIoU, foreground mIoU, mAcc, pixel accuracy, pixels, IoU and Dice per class.
 
-    A mean with no labelled pixel behind it (NaN) is reported as 0, so checkpoint ranking stays defined.
+    A mean with no labelled pixel behind it (NaN) is reported as 0, so checkpoint ranking stays
+    defined; a class with no pixel in prediction or truth has IoU and Dice None.
     """
+    per_class = metrics.to_dict()["per_class"]
+    iou = {k: v["iou"] for k, v in per_class.items()}
+    fg = [v for v in list(iou.values())[1:] if v is not None]
     return {
         "val_miou": _finite(metrics.miou),
+        "val_fg_miou": float(np.mean(fg)) if fg else 0.0,  # without class 0 (background)
         "val_macc": _finite(metrics.macc),
         "val_pixel_acc": _finite(metrics.pixel_acc),
         "val_pixels": int(metrics.confusion.sum()),  # every labelled validation pixel, counted once
-        "val_iou": {k: v["iou"] for k, v in metrics.to_dict()["per_class"].items()},
+        "val_iou": iou,
+        "val_dice": {k: None if v is None else 2 * v / (1 + v) for k, v in iou.items()},  # Dice = 2 IoU / (1 + IoU)
     }
+
+
+def semantic_select(text: str | None, label_names: Sequence[str]) -> str:
+    """``--select`` -> the report field ranking checkpoints.
+
+    ``miou``, ``fg_miou`` (mean IoU without background), ``iou:<class>`` or ``dice:<class>``.
+    The default is the foreground class's IoU for two-class runs (an all-background model can
+    win on mIoU when the foreground is rare), else ``miou``.
+    """
+    names = list(label_names)
+    if text is None:
+        return f"val_iou/{names[1]}" if len(names) == 2 else "val_miou"
+    kind, _, cls = text.strip().partition(":")
+    if kind in ("miou", "fg_miou") and not cls:
+        return f"val_{kind}"
+    if kind in ("iou", "dice") and cls:
+        if cls not in names:
+            raise ValueError(f"--select {text}: no class {cls!r} (classes: {', '.join(names)})")
+        return f"val_{kind}/{cls}"
+    raise ValueError(f"--select must be miou, fg_miou, iou:<class> or dice:<class>, got {text!r}")
 
 
 def _finite(value: float) -> float:
@@ -115,7 +141,7 @@ SEMANTIC = TaskSpec(
     metric=ConfusionAccumulator,
     row_prediction=label_map_of_row,
     validation_report=semantic_report,
-    validation_score="val_miou",
+    select=semantic_select,
     tiled_merge=blended_logits,
     check_reduced=check_semantic_reduced,
 )

@@ -72,8 +72,9 @@ class TaskSpec:
     #: ``(metric result) -> {"val_...": value}``: an epoch's validation fields in ``metrics.jsonl``
     #: and ``ray.train.report`` (nested dicts are flattened as ``key/sub``).
     validation_report: Callable[[Any], dict[str, Any]] | None = None
-    #: The report field that picks the best checkpoint (higher is better).
-    validation_score: str = "val_score"
+    #: ``(--select text or None, label names) -> the flat report field`` that picks the best
+    #: checkpoint (higher is better); a bad text is a one-line ``ValueError``.
+    select: Callable[[str | None, Sequence[str]], str] | None = None
     #: ``(output row) -> prediction`` that ``metric`` compares with a decoded ground-truth mask
     #: (semantic: the row's label map); None: ``raysegment eval`` cannot score this task.
     row_prediction: Callable[[Mapping[str, Any]], np.ndarray] | None = None

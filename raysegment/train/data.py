@@ -162,7 +162,7 @@ def _load_one(pair_image: str, pair_mask: str, spec: ModelSpec, value_map: Mappi
         raise InputError(f"mask is {'x'.join(map(str, raw.shape[::-1]))} but its {what} is "
                          f"{'x'.join(map(str, spatial[::-1]))}")
     target = task_spec(plugin.task).require("target", "training")(plugin, apply_value_map(raw, value_map))
-    image = plugin.preprocess(sample)
+    image = spec.preprocess(sample)  # normalised first; the augmentations then act on that scale
     arrays = {"image": image, "target": target}
     if weights is not None:
         from raysegment.criteria.weightmap import unet_weight_map
@@ -171,7 +171,11 @@ def _load_one(pair_image: str, pair_mask: str, spec: ModelSpec, value_map: Mappi
             raise InputError("the U-Net border weight map is defined for 2D masks only")
         arrays["weight"] = unet_weight_map(target, cell_label=weights.cell_label, w0=weights.w0, sigma=weights.sigma,
                                            class_weights=weights.class_weights, ignore_index=plugin.ignore_index)
-    return {"arrays": arrays, "height": target.shape[0], "width": target.shape[1]}
+    labelled = target[target != plugin.ignore_index]
+    counts = np.bincount(labelled.ravel().astype(np.int64), minlength=max(plugin.num_classes, 2)) if labelled.size \
+        else np.zeros(max(plugin.num_classes, 2), dtype=np.int64)
+    return {"arrays": arrays, "height": target.shape[0], "width": target.shape[1], "class_pixels": counts,
+            "ignored": int(target.size - labelled.size)}
 
 
 def load_pairs(
@@ -191,6 +195,9 @@ def load_pairs(
     payload = np.empty(n, dtype=object)
     height = np.zeros(n, dtype=np.int32)
     width = np.zeros(n, dtype=np.int32)
+    classes = max(spec.plugin().num_classes, 2)
+    class_pixels = np.zeros((n, classes), dtype=np.int64)  # labelled pixels per class (the data check's counts)
+    ignored = np.zeros(n, dtype=np.int64)  # target pixels at ignore_index
     for i in range(n):
         try:
             out = _load_one(batch["image_uri"][i], batch["mask_uri"][i], spec, value_map, weights, limits,
@@ -198,8 +205,9 @@ def load_pairs(
             payload[i] = pack(out["arrays"]) if keep_arrays else b""
             status[i], error[i] = "ok", ""
             height[i], width[i] = out["height"], out["width"]
+            class_pixels[i], ignored[i] = out["class_pixels"], out["ignored"]
         except Exception as exc:
             status[i], error[i], payload[i] = "error", describe_error(exc), b""
     return {"index": batch["index"], "image_uri": batch["image_uri"], "mask_uri": batch["mask_uri"],
             "status": status, "error": error, "height": height, "width": width,
-            "payload": payload}
+            "class_pixels": class_pixels, "ignored": ignored, "payload": payload}

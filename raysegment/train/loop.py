@@ -27,7 +27,7 @@ from raysegment.tasks.spec import MetricAccumulator, task_spec
 from raysegment.train.augment import AugmentConfig, augment, augment_volume, rng_for
 from raysegment.train.worker_config import WorkerConfig
 
-__all__ = ["Collate", "merged_across_workers", "training_loss", "train_loop_per_worker"]
+__all__ = ["Collate", "flat_report", "merged_across_workers", "training_loss", "train_loop_per_worker"]
 
 STATE = "train_state.pt"
 MODEL = "model.pt"
@@ -179,7 +179,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     val_shard = _validation_rows(cfg, rank, context.get_world_size())
     history, best = state["history"], state["best"]
     task = task_spec(plugin.task)
-    report, score = task.require("validation_report", "validation"), task.validation_score
+    report = task.require("validation_report", "validation")
     for epoch in range(state["epoch"] + 1, int(cfg.epochs)):
         model.train()
         start = time.perf_counter()
@@ -212,7 +212,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             **report(val),  # the task's validation fields (semantic: val_miou, val_iou per class, ...)
         }
         history.append(metrics)
-        best = max(best, metrics[score])
+        best = max(best, flat_report(metrics).get(cfg.score, -1.0))
         if rank == 0:
             shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("val_") and isinstance(v, float))
             print(f"epoch {epoch + 1}/{cfg.epochs}  loss {metrics['train_loss']:.4f}  {shown}  "
@@ -221,17 +221,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 unwrapped = model.module if hasattr(model, "module") else model
                 save_checkpoint(os.path.join(folder, MODEL), state_dict=unwrapped.state_dict(), plugin=spec.name,
                                 plugin_version=spec.version, params=dict(spec.params),
-                                class_names=list(spec.class_names), metrics=metrics)
+                                class_names=list(spec.class_names), metrics=metrics,
+                                normalization=spec.normalization)
                 torch.save({"optimizer": optimizer.state_dict(), "epoch": epoch, "best": best,
                             "history": json.dumps(history)}, os.path.join(folder, STATE))
-                ray.train.report(_flat(metrics), checkpoint=ray.train.Checkpoint.from_directory(folder))
+                ray.train.report(flat_report(metrics), checkpoint=ray.train.Checkpoint.from_directory(folder))
             if cfg.run is not None:
                 cfg.run.write_history(history)  # progress survives a crash
         else:
-            ray.train.report(_flat(metrics), checkpoint=None)
+            ray.train.report(flat_report(metrics), checkpoint=None)
 
 
-def _flat(metrics: dict[str, Any]) -> dict[str, Any]:
+def flat_report(metrics: dict[str, Any]) -> dict[str, Any]:
     """Ray Train's report: nested fields become ``key/sub`` (a per-class None -1.0, "not defined")."""
     out = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
     for key, values in metrics.items():

@@ -18,13 +18,16 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
 from raysegment.criteria.losses import build_loss
+from raysegment.eval.stats import compute_stats
 from raysegment.io.decoders import DecodeLimits
 from raysegment.plugin.contract import Modality
+from raysegment.plugin.normalization import Normalization, StatsNeeded, needs_stats
 from raysegment.plugin.spec import ModelSpec, resolve_model
 from raysegment.runtime import ensure_ray
 from raysegment.tasks.spec import task_spec
@@ -42,11 +45,12 @@ from raysegment.train.run_folder import RunFolder
 from raysegment.train.worker_config import WorkerConfig
 from raysegment.uri import redact
 
-__all__ = ["TrainConfig", "TrainSummary", "TrainingDataError", "run_training"]
+__all__ = ["DataCheck", "TrainConfig", "TrainSummary", "TrainingDataError", "balanced_weights", "run_training"]
 
 log = logging.getLogger("raysegment")
 
 REPORT = "data_report.parquet"
+STATS = "stats.json"  # the statistics a percentile / zscore normalisation was resolved from
 BEST = "best.pt"
 
 
@@ -72,9 +76,16 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     loss: str | None = None  # None: the plugin's loss (``plugin.loss``, its task's default)
-    class_weights: Sequence[float] | None = None
+    class_weights: Sequence[float] | str | None = None  # "balanced": from the training masks' class pixels
     augment: str = "flip,rot90"
     mask_values: str = ""
+    #: ``--select``: the checkpoint metric (``miou``, ``fg_miou``, ``iou:<class>``, ``dice:<class>``);
+    #: None: the foreground IoU for two classes, else mIoU
+    select: str | None = None
+    #: ``--normalize`` (``dtype``, ``minmax:LO:HI``, ``percentile[:2:98]``, ``zscore``); None: the init
+    #: checkpoint's, else ``dtype``. Stored in every checkpoint; ``infer`` applies it.
+    normalize: str | None = None
+    stats: str | None = None  # statistics JSON (``raysegment stats``); None: computed on the training images
     weight_map: WeightMapOptions | None = None  # made automatically when the loss needs one
     storage: str = "runs"
     name: str = "train"
@@ -90,15 +101,18 @@ class TrainConfig:
 class TrainSummary:
     run: str
     epochs: int
-    best_val_miou: float
+    best_val_miou: float  # the mIoU of the best checkpoint
     best_checkpoint: str
     pairs_ok: int
     pairs_bad: int
     seconds: float
     history: list[dict[str, Any]]
+    select: str = "val_miou"  # the report field that picked it
+    best_score: float = 0.0  # its value there
 
     def format(self) -> str:
-        return (f"trained {self.epochs} epoch(s) in {self.seconds:.0f}s; best val mIoU {self.best_val_miou:.4f}\n"
+        picked = "" if self.select == "val_miou" else f" ({self.select} {self.best_score:.4f})"
+        return (f"trained {self.epochs} epoch(s) in {self.seconds:.0f}s; best val mIoU {self.best_val_miou:.4f}{picked}\n"
                 f"best checkpoint: {self.best_checkpoint}\nrun: {self.run}  "
                 f"(pairs ok {self.pairs_ok}, skipped {self.pairs_bad}; report {REPORT})")
 
@@ -107,18 +121,27 @@ def _pair_rows(pairs: Sequence[TrainPair], start: int = 0) -> list[dict[str, Any
     return [{"index": start + i, "image_uri": p.image, "mask_uri": p.mask} for i, p in enumerate(pairs)]
 
 
+@dataclasses.dataclass
+class DataCheck:
+    """What the data-check pass learned: the good pairs and the label counts of the training ones."""
+
+    good: set[int]
+    class_pixels: np.ndarray  # (K,) labelled pixels per class over the good training pairs
+    ignored: int  # target pixels at ignore_index over all good pairs
+
+
 def _check_data(rows: list[dict[str, Any]], spec: ModelSpec, cfg: TrainConfig, value_map: dict[int, int],
-                run: RunFolder, unpaired: list[tuple[str, str]]) -> set[int]:
-    """One Ray Data pass over every pair: the report rows, and the indices of the good pairs."""
+                run: RunFolder, unpaired: list[tuple[str, str]], train_count: int) -> DataCheck:
+    """One Ray Data pass over every pair: the report rows, the good pairs and their label counts."""
     import ray.data
 
     ds = ray.data.from_items(rows).map_batches(
         load_pairs, batch_size=8, batch_format="numpy",
         fn_kwargs={"spec": spec, "value_map": value_map, "storage_options": cfg.storage_options,
                    "keep_arrays": False})
-    columns = ["index", "image_uri", "mask_uri", "status", "error", "height", "width"]
+    columns = ["index", "image_uri", "mask_uri", "status", "error", "height", "width", "ignored"]
     out: dict[str, list[Any]] = {c: [] for c in columns}
-    good: set[int] = set()
+    check = DataCheck(set(), np.zeros(max(spec.plugin().num_classes, 2), dtype=np.int64), 0)
     for batch in ds.iter_batches(batch_format="numpy", batch_size=256):
         for i in range(len(batch["index"])):
             ok = batch["status"][i] == "ok"
@@ -127,14 +150,26 @@ def _check_data(rows: list[dict[str, Any]], spec: ModelSpec, cfg: TrainConfig, v
                 out[c].append(value.item() if hasattr(value, "item") else value)
             out["error"][-1] = None if ok else out["error"][-1]
             if ok:
-                good.add(int(batch["index"][i]))
+                check.good.add(int(batch["index"][i]))
+                check.ignored += int(batch["ignored"][i])
+                if int(batch["index"][i]) < train_count:
+                    check.class_pixels += batch["class_pixels"][i]
     for uri, reason in unpaired:
-        for c, v in zip(columns, [-1, uri, None, "error", reason, 0, 0]):
+        for c, v in zip(columns, [-1, uri, None, "error", reason, 0, 0, 0]):
             out[c].append(v)
     buf = io.BytesIO()
     pq.write_table(pa.table(out), buf)
     run.write(REPORT, buf.getvalue())
-    return good
+    return check
+
+
+def balanced_weights(class_pixels: np.ndarray) -> tuple[float, ...]:
+    """``total / (K * pixels of class c)`` (scikit-learn's "balanced"); a class with no pixel gets 0."""
+    counts = np.asarray(class_pixels, dtype=np.float64)
+    present = counts > 0
+    weights = np.zeros_like(counts)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return tuple(float(w) for w in weights)
 
 
 def _ordered_ingest() -> Any:
@@ -167,6 +202,22 @@ def _worker_resources(cfg: TrainConfig, cluster: Mapping[str, float]) -> dict[st
     return {"CPU": round(per, 3)}
 
 
+def _read_stats(url: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The JSON of ``raysegment stats``; a missing or malformed file is one line."""
+    import fsspec
+
+    try:
+        with fsspec.open(url, "rb", **dict(storage_options or {})) as f:
+            stats = json.loads(f.read())
+    except FileNotFoundError:
+        raise ValueError(f"--stats file not found: {redact(url)}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--stats {redact(url)} is not statistics JSON: {exc}") from None
+    if not isinstance(stats, dict) or not isinstance(stats.get("bands"), list):
+        raise ValueError(f"--stats {redact(url)} holds no 'bands' list: not the output of raysegment stats")
+    return stats
+
+
 def run_training(cfg: TrainConfig) -> TrainSummary:
     """Train (or resume) a model on Ray Train; returns where the best checkpoint is."""
     start = time.perf_counter()
@@ -177,13 +228,21 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
     spec = resolve_model(cfg.model, cfg.params, cfg.init_checkpoint, cfg.storage_options, warn_random=False)
     plugin = spec.plugin()
     task = task_spec(plugin.task)
-    for capability in ("target", "metric", "validation_report"):
+    for capability in ("target", "metric", "validation_report", "select"):
         task.require(capability, "training")  # one line before any data is listed
-    score = task.validation_score
+    score = task.select(cfg.select, spec.label_names)
+    stats = _read_stats(cfg.stats, cfg.storage_options) if cfg.stats else None
+    if cfg.normalize is not None:
+        try:
+            spec = dataclasses.replace(spec, normalization=Normalization.resolve(cfg.normalize, stats))
+        except StatsNeeded:
+            pass  # a valid mode whose statistics are computed on the training images once Ray is up
     # No --loss and no class weights: the plugin's own loss (its task's default unless it overrides it).
+    if isinstance(cfg.class_weights, str) and cfg.class_weights != "balanced":
+        raise ValueError(f"--class-weights must be numbers or 'balanced', got {cfg.class_weights!r}")
     loss = None if cfg.loss is None and cfg.class_weights is None else build_loss(
         cfg.loss or "ce", num_classes=plugin.num_classes, ignore_index=plugin.ignore_index,
-        class_weights=cfg.class_weights)
+        class_weights=None if cfg.class_weights == "balanced" else cfg.class_weights)
     AugmentConfig.parse(cfg.augment).check_rank(3 if plugin.modality is Modality.VOLUME else 2)
     value_map = parse_value_map(cfg.mask_values)
     pairs, unpaired = list_pairs(cfg.images, cfg.masks, pair=cfg.pair, storage_options=cfg.storage_options)
@@ -210,8 +269,24 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
     from raysegment.train.loop import train_loop_per_worker
 
     try:
+        if cfg.normalize is not None and stats is None and needs_stats(cfg.normalize):
+            stats = compute_stats([p.image for p in train_pairs], modality=plugin.modality,
+                                  storage_options=cfg.storage_options)  # training images only: no peeking
+            run.write(STATS, json.dumps(stats, indent=1).encode())
+            spec = dataclasses.replace(spec, normalization=Normalization.resolve(cfg.normalize, stats))
+        if spec.normalization.mode != "dtype":
+            log.warning("normalisation: %s", spec.normalization.source)
         train_rows, val_rows = _pair_rows(train_pairs), _pair_rows(val_pairs, len(train_pairs))
-        good = _check_data(train_rows + val_rows, spec, cfg, value_map, run, unpaired)
+        check = _check_data(train_rows + val_rows, spec, cfg, value_map, run, unpaired, len(train_pairs))
+        good = check.good
+        if check.ignored and not value_map:
+            log.warning("%s mask pixel(s) have value %d = the model's ignore_index and are left out of the loss and "
+                        "the metrics; if they are a class (a 0/%d mask), pass --mask-values, e.g. 0:0,%d:1",
+                        f"{check.ignored:,}", plugin.ignore_index, plugin.ignore_index, plugin.ignore_index)
+        class_weights = balanced_weights(check.class_pixels) if cfg.class_weights == "balanced" else cfg.class_weights
+        if cfg.class_weights == "balanced":
+            log.warning("balanced class weights: %s", ", ".join(f"{n} {w:.3g}" for n, w in
+                                                                 zip(spec.label_names, class_weights)))
         bad = len(train_rows) + len(val_rows) - len(good) + len(unpaired)
         if bad and cfg.bad_data == "fail":
             raise TrainingDataError(f"{bad} bad training pair(s); see {redact(run.url)}/{REPORT}")
@@ -233,8 +308,8 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
                 spec=spec, seed=cfg.seed, lr=cfg.lr, weight_decay=cfg.weight_decay, epochs=cfg.epochs,
                 batch_size=cfg.batch_size, augment=cfg.augment, label_names=tuple(spec.label_names),
                 val_rows=tuple(val_rows), load_kwargs={**load_kwargs, "weights": None},
-                train_index_bound=max(r["index"] for r in train_rows) + 1, loss=cfg.loss,
-                class_weights=tuple(cfg.class_weights) if cfg.class_weights else None,
+                train_index_bound=max(r["index"] for r in train_rows) + 1, score=score, loss=cfg.loss,
+                class_weights=tuple(class_weights) if class_weights else None,
                 init_checkpoint=cfg.init_checkpoint, storage_options=cfg.storage_options, run=run,
                 threads=_threads(resources),
             ).as_loop_config(),
@@ -250,8 +325,8 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
             dataset_config=_ordered_ingest(),
         )
         result = trainer.fit()
-        scored = [(m.get(score, -1.0), c) for c, m in result.best_checkpoints]
-        best_score, best_ckpt = max(scored, key=lambda t: t[0])
+        scored = [(m.get(score, -1.0), m, c) for c, m in result.best_checkpoints]
+        best_score, best_metrics, best_ckpt = max(scored, key=lambda t: t[0])
         with best_ckpt.as_directory() as folder:
             with open(f"{folder}/model.pt", "rb") as f:
                 run.write(BEST, f.read())
@@ -261,6 +336,7 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
     finally:
         if started:
             ray.shutdown()
-    return TrainSummary(run=redact(run.url), epochs=len(history), best_val_miou=float(best_score),
+    return TrainSummary(run=redact(run.url), epochs=len(history), best_val_miou=float(best_metrics.get("val_miou", 0.0)),
                         best_checkpoint=f"{redact(run.url)}/{BEST}", pairs_ok=len(good),
-                        pairs_bad=bad, seconds=time.perf_counter() - start, history=history)
+                        pairs_bad=bad, seconds=time.perf_counter() - start, history=history, select=score,
+                        best_score=float(best_score))

@@ -38,6 +38,7 @@ class WorkerConfig:
     val_rows: tuple[Mapping[str, Any], ...]  # every validation pair; each rank scores its own share
     load_kwargs: Mapping[str, Any]  # ``fn_kwargs`` of :func:`~raysegment.train.data.load_pairs` for validation
     train_index_bound: int  # one past the largest training item index (size of the "seen" vector)
+    score: str = "val_miou"  # the flat report field that ranks checkpoints (``--select``)
     loss: str | None = None  # ``--loss``; None: ``plugin.loss``
     class_weights: tuple[float, ...] | None = None
     init_checkpoint: str | None = None  # weights to start from (``--init-checkpoint``)

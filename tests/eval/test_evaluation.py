@@ -243,3 +243,17 @@ def test_cli_eval_writes_json_and_bad_gt_is_one_line(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "e.json").read_text())
     assert report["matched"] == 2 and report["metrics"]["pixel_acc"] == pytest.approx(7 / 9)
     assert "default: eval.json" in " ".join(CliRunner().invoke(main, ["eval", "--help"]).output.split())
+
+
+def test_a_0_255_mask_warns_and_absent_classes_are_named(tmp_path: Path) -> None:
+    names = ("bg", "fg", "rare")
+    write_output(tmp_path / "out", {"/d/a.png": PRED_A, "/d/b.png": PRED_B}, names=names)
+    write_masks(tmp_path / "gt", {"a": GT_A, "b": GT_B})  # b has one pixel of 255
+    result = evaluate(str(tmp_path / "out"), str(tmp_path / "gt"))
+    assert result.ignored_pixels == 1
+    lines = result.format().splitlines()
+    assert "classes absent from both prediction and truth (no IoU, left out of the means): rare" in lines
+    assert lines[-1] == ("warning: 1 ground-truth pixel(s) have value 255 = --ignore-index and are not scored; if "
+                         "they are a class (a 0/255 mask), pass --mask-values, e.g. 0:0,255:1")
+    mapped = evaluate(str(tmp_path / "out"), str(tmp_path / "gt"), mask_values="255:1")
+    assert mapped.ignored_pixels == 0 and not any(line.startswith("warning") for line in mapped.format().splitlines())

@@ -125,7 +125,36 @@ def test_the_semantic_validation_report_scores_miou_and_keeps_undefined_classes_
     spec = task_spec(Task.SEMANTIC)
     acc = spec.metric(3, 255).update(np.array([[0, 1], [1, 0]]), np.array([[0, 1], [0, 255]]))
     report = spec.validation_report(acc.metrics(["bg", "fg", "rare"]))
-    assert spec.validation_score == "val_miou" and report["val_miou"] == pytest.approx((1 / 2 + 1 / 2) / 2)
+    assert spec.select(None, ["bg", "fg", "rare"]) == "val_miou" and report["val_miou"] == pytest.approx(0.5)
     assert report["val_pixels"] == 3 and report["val_iou"] == {"bg": 0.5, "fg": 0.5, "rare": None}
+    assert report["val_fg_miou"] == pytest.approx(0.5) and report["val_dice"]["fg"] == pytest.approx(2 / 3)
     empty = spec.validation_report(spec.metric(2, 255).metrics())
     assert empty["val_miou"] == 0.0 and empty["val_pixels"] == 0  # no labelled pixel: 0, never NaN
+
+
+def _epoch(confusion: list[list[int]]) -> dict:
+    from raysegment.train.loop import flat_report
+
+    acc = ConfusionAccumulator.from_matrix(np.array(confusion), 255)
+    return flat_report(task_spec(Task.SEMANTIC).validation_report(acc.metrics(["background", "building"])))
+
+
+def test_select_iou_of_the_rare_class_picks_another_epoch_than_miou() -> None:
+    """Epoch 0 nearly ignores the buildings but wins on mIoU; epoch 1 finds them."""
+    history = [_epoch([[9500, 20], [450, 30]]),  # background IoU 0.953, building 0.060: mIoU 0.506
+               _epoch([[8000, 1520], [130, 350]])]  # background 0.829, building 0.175: mIoU 0.502
+    select = task_spec(Task.SEMANTIC).select
+    names = ["background", "building"]
+    by = {text: max(range(2), key=lambda e: history[e][select(text, names)]) for text in ("miou", "iou:building")}
+    assert history[0]["val_miou"] > history[1]["val_miou"] and history[1]["val_iou/building"] > history[0]["val_iou/building"]
+    assert by == {"miou": 0, "iou:building": 1}
+    assert select(None, names) == "val_iou/building"  # two classes: the foreground IoU by default
+    assert select("dice:building", names) == "val_dice/building" and select("fg_miou", names) == "val_fg_miou"
+
+
+@pytest.mark.parametrize("text, message", [("iou:roads", "no class 'roads' .classes: background, building."),
+                                           ("auc", "must be miou, fg_miou, iou:<class> or dice:<class>"),
+                                           ("miou:x", "must be miou")])
+def test_a_bad_select_is_one_line(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        task_spec(Task.SEMANTIC).select(text, ["background", "building"])

@@ -114,3 +114,21 @@ def test_fill_to_workers_keeps_every_item() -> None:
     assert [r["index"] for r in fill_to_workers(rows, 4)] == [0, 1, 2, 3, 4, 0, 1, 2]
     assert [r["index"] for r in fill_to_workers(rows, 5)] == [0, 1, 2, 3, 4]
     assert [r["index"] for r in fill_to_workers(rows[:1], 3)] == [0, 0, 0] and fill_to_workers([], 2) == []
+
+
+def test_the_data_check_counts_class_pixels_and_ignored_ones(tmp_path: Path) -> None:
+    from raysegment.train.training import balanced_weights
+
+    spec = resolve_model("unet", {**SMALL_UNET, "num_classes": 3}, warn_random=False)
+    mask = np.zeros((8, 8), np.uint8)
+    mask[:2] = 1
+    mask[2, :3] = 255  # ignored
+    (tmp_path / "a.png").write_bytes(png_bytes(np.zeros((8, 8), np.uint8)))
+    (tmp_path / "a_mask.png").write_bytes(png_bytes(mask))
+    batch = {"index": np.arange(1), "image_uri": np.array([str(tmp_path / "a.png")], dtype=object),
+             "mask_uri": np.array([str(tmp_path / "a_mask.png")], dtype=object)}
+    out = load_pairs(batch, spec=spec, value_map={}, keep_arrays=False)
+    assert out["status"][0] == "ok" and out["class_pixels"][0].tolist() == [64 - 16 - 3, 16, 0]
+    assert out["ignored"][0] == 3
+    weights = balanced_weights(out["class_pixels"][0])
+    assert weights == pytest.approx((61 / (2 * 45), 61 / (2 * 16), 0.0))  # total / (present classes x pixels)

@@ -3,6 +3,8 @@ the checkpoint runs in inference, bad pairs land in the report."""
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -15,6 +17,8 @@ from raysegment.criteria.losses import UnknownLossError
 from raysegment.errors import InputSpecError
 from raysegment.infer.pipeline import InferenceConfig, run_inference
 from raysegment.plugin.checkpoint import load_checkpoint
+from raysegment.plugin.normalization import percentile_of
+from raysegment.plugin.spec import resolve_model
 from raysegment.train.training import TrainConfig, TrainingDataError, run_training
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -67,7 +71,8 @@ def test_train_resume_and_infer_with_the_checkpoint(em_pairs: tuple[Path, Path],
     assert names <= {"cell", "membrane"}
 
 
-def test_bad_pairs_go_to_the_report_or_stop_the_run(em_pairs: tuple[Path, Path], tmp_path: Path) -> None:
+def test_bad_pairs_go_to_the_report_or_stop_the_run(em_pairs: tuple[Path, Path], tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
     images, masks = em_pairs
     data = tmp_path / "data"
     shutil.copytree(images, data / "image")
@@ -84,6 +89,15 @@ def test_bad_pairs_go_to_the_report_or_stop_the_run(em_pairs: tuple[Path, Path],
     assert "no mask named extra" in errors[str(data / "image" / "extra.png")]
     assert (report["status"] == "ok").sum() == 4
 
+    # Without --mask-values the 0/255 masks' membrane (255) is the ignore index: one warning says so.
+    with caplog.at_level(logging.WARNING, logger="raysegment"), pytest.raises(TrainingDataError):
+        run_training(_config(data / "image", data / "label", tmp_path, bad_data="fail", name="raw", mask_values=""))
+    hidden = int(pd.read_parquet(tmp_path / "raw" / "data_report.parquet")["ignored"].sum())
+    assert hidden > 0
+    warned = [r.getMessage() for r in caplog.records if "ignore_index" in r.getMessage()]
+    assert warned == [f"{hidden:,} mask pixel(s) have value 255 = the model's ignore_index and are left out of the "
+                      "loss and the metrics; if they are a class (a 0/255 mask), pass --mask-values, e.g. 0:0,255:1"]
+
 
 def test_mistakes_fail_before_ray_work(em_pairs: tuple[Path, Path], tmp_path: Path) -> None:
     images, masks = em_pairs
@@ -93,6 +107,10 @@ def test_mistakes_fail_before_ray_work(em_pairs: tuple[Path, Path], tmp_path: Pa
     empty.mkdir()
     with pytest.raises(InputSpecError, match="empty"):
         run_training(_config(empty, masks, tmp_path))
+    with pytest.raises(ValueError, match="--normalize must be one of dtype, minmax, percentile, zscore"):
+        run_training(_config(images, masks, tmp_path, normalize="sigmoid"))
+    with pytest.raises(ValueError, match="--stats file not found"):
+        run_training(_config(images, masks, tmp_path, normalize="zscore", stats=str(tmp_path / "nope.json")))
     with pytest.raises(ValueError, match="cannot write to --storage"):
         run_training(_config(images, masks, Path("/proc/nope")))
     assert not (tmp_path / "run").exists()
@@ -103,12 +121,18 @@ def test_checkpoints_to_s3_and_infer_from_there(em_pairs: tuple[Path, Path], s3_
 
     images, masks = em_pairs
     storage = f"s3://{s3_bucket}/runs"
-    summary = run_training(_config(images, masks, storage, epochs=1))
+    # A percentile normalisation: statistics computed on the training images, kept beside the run.
+    summary = run_training(_config(images, masks, storage, epochs=1, normalize="percentile:1:99"))
     assert summary.best_checkpoint == f"{storage}/run/best.pt"
     fs = s3fs.S3FileSystem()
     names = {p.rsplit("/", 1)[-1] for p in fs.ls(f"{s3_bucket}/runs/run")}
-    assert {"best.pt", "metrics.jsonl", "curves.png", "data_report.parquet"} <= names
+    assert {"best.pt", "metrics.jsonl", "curves.png", "data_report.parquet", "stats.json"} <= names
     assert any(n.startswith("checkpoint_") for n in names)
+    stats = json.loads(fs.cat(f"{s3_bucket}/runs/run/stats.json"))
+    assert stats["items"] == 4  # the training images only, never the 2 validation ones
+    norm = load_checkpoint(summary.best_checkpoint).normalization
+    assert (norm.mode, norm.offset) == ("percentile", (percentile_of(stats["bands"][0], 1),))
+    assert resolve_model(None, checkpoint=summary.best_checkpoint).normalization == norm  # infer needs no flag
     out = tmp_path / "masks"
     assert run_inference(InferenceConfig(input=str(images), output=str(out), checkpoint=summary.best_checkpoint)).ok == 6
 
