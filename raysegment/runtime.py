@@ -1,4 +1,4 @@
-"""Starting or joining Ray, and sizing the predictor pool to what the cluster has.
+"""Starting or joining Ray, sizing the predictor pool, and saying in one line why a Ray job failed.
 
 raysegment never schedules anything itself: it starts an embedded local Ray
 when none is given, joins ``--address`` otherwise, and asks Ray for actors
@@ -10,9 +10,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
+import sys
 from typing import Any
 
-__all__ = ["ensure_ray", "ActorPlan", "parse_actors", "plan_actors", "cluster_resources"]
+from raysegment.ray_logs import quiet_ray_logs
+
+__all__ = ["ensure_ray", "describe_failure", "ActorPlan", "parse_actors", "plan_actors", "cluster_resources"]
 
 log = logging.getLogger("raysegment")
 
@@ -21,8 +25,13 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> bo
     """Connect to Ray; returns True when this call started it (so the caller may shut it down).
 
     An already-initialised Ray (a notebook, a test fixture, a Ray job) is reused.
-    ``address=None`` starts an embedded local Ray unless ``RAY_ADDRESS`` is set;
-    ``"auto"`` joins the cluster this machine belongs to.
+    ``address=None`` (or ``"local"``) with no ``RAY_ADDRESS`` always starts a
+    fresh embedded Ray (``ray.init(address="local")``): a plain ``ray.init()``
+    would join whatever cluster this machine recorded last (``ray start --head``
+    or a ``ray.cluster_utils.Cluster`` write ``ray_current_cluster`` in Ray's
+    temp dir), and the run would compete for, and die with, someone else's
+    cluster. ``"auto"`` joins that recorded cluster on purpose; any other
+    address is joined as given.
     """
     import ray
 
@@ -30,26 +39,191 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> bo
         return False
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if address:
-        kwargs["address"] = address
+    local = address in (None, "local")
+    if local:
+        # "local" also keeps ray.init from reading RAY_ADDRESS or the recorded cluster itself.
+        kwargs.update(address="local", include_dashboard=False, num_cpus=num_cpus)
     else:
-        kwargs.update(include_dashboard=False, num_cpus=num_cpus)
+        kwargs["address"] = address
+    quiet = quiet_ray_logs()  # Ray's known-harmless notices go to a log file, from the start on
     try:
         ray.init(**kwargs)
     except ConnectionError as exc:
-        raise ConnectionError(f"cannot join Ray cluster at {address!r}: {str(exc).splitlines()[0]}") from None
+        what = "cannot start a local Ray" if local else f"cannot join Ray cluster at {address!r}"
+        raise ConnectionError(f"{what}: {_first_line(str(exc))}") from None
+    quiet.attach()
+    log.info("Ray's known-harmless notices are written to %s", quiet.path)
     _quiet_ray_data()
     return True
 
 
+# -- one line per failure -----------------------------------------------------------------
+# Ray's exceptions carry multi-line dumps (remote tracebacks, tab-indented actor fields,
+# troubleshooting essays); their first line is often only a header such as
+# "ray::f() (pid=..., ip=...)". The CLI prints one line, so these are read for what
+# failed and the root cause. RAYSEGMENT_DEBUG=1 still shows the whole exception.
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_HEADER = re.compile(r"ray::(?P<name>.+?)\(\)")
+_CHAIN = re.compile(r"\n\s*(?:The above exception was the direct cause of the following exception:"
+                    r"|During handling of the above exception, another exception occurred:)\s*\n")
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in _ANSI.sub("", text).splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def _first_sentence(text: str) -> str:
+    line = _first_line(text)
+    head, sep, _ = line.partition(". ")
+    return head if sep else line.rstrip(".")
+
+
+def _plain(exc: BaseException) -> str:
+    """``Type: first line``: the remote cause's type matters (KeyError 'x' says little alone)."""
+    text = _first_line(str(exc))
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _cause(exc: BaseException) -> str:
+    """A remote cause: Ray's own errors described, a user's exception as ``Type: line``."""
+    return _describe(exc) or _plain(exc)
+
+
+def _remote_name(text: str) -> str | None:
+    """The task or actor method from a ``ray::NAME()`` header, e.g. ``ReadRange->MapBatches(udf)``."""
+    match = _HEADER.search(_ANSI.sub("", text))
+    return match.group("name") if match else None
+
+
+def _root_cause_line(traceback_text: str) -> str | None:
+    """The exception line of a formatted remote traceback, skipping Ray's own wrappers.
+
+    Chained tracebacks are blocks; the outermost block that is not a
+    ``ray.exceptions.*`` wrapper (Ray Data's ``UserCodeException``) is the one the
+    user's code raised. Within a block it is the first line after the frames.
+    """
+    found = None
+    for block in _CHAIN.split(_ANSI.sub("", traceback_text)):
+        lines = [line.rstrip() for line in block.splitlines() if line.strip()]
+        frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+        end = frames[-1] + 1 if frames else 0
+        while frames and end < len(lines) and lines[end].startswith("    "):  # the frame's source and carets
+            end += 1
+        after = [line for line in lines[end:]
+                 if not line.startswith(("ray::", "Traceback (", "The actor died because", " "))]
+        if after and not after[0].startswith("ray.exceptions."):
+            found = after[0]
+        elif after and found is None:
+            found = after[0]
+    return found
+
+
+def _task_error(exc: Any) -> str:
+    """``RayTaskError`` (or its ``RayTaskError(ValueError)`` dual): the task's name and its cause."""
+    import ray.exceptions as rx
+
+    text = str(exc)
+    name = _remote_name(text) or "a Ray task"
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException) and not isinstance(cause, rx.UserCodeException):
+        reason = _cause(cause)
+    else:  # Ray Data wraps the user's exception; only its traceback text survives
+        reason = _root_cause_line(getattr(exc, "traceback_str", "") or text) or _first_line(text)
+    return f"Ray task {name} failed: {reason}"
+
+
+def _actor_error(exc: Any) -> str:
+    """An actor that raised in ``__init__``, or whose process died (at start-up or later)."""
+    text = _ANSI.sub("", str(exc))
+    if getattr(exc, "actor_init_failed", False):
+        name = (_remote_name(text) or "").removesuffix(".__init__") or "?"
+        reason = _root_cause_line(text) or _first_line(text)
+        return f"Ray actor {name} failed to start: {reason}"
+    lines = text.splitlines()
+    fields = dict(line.strip().partition(": ")[::2] for line in lines if line.startswith("\t"))
+    notes = [line.strip() for line in lines[1:] if line.strip() and not line.startswith("\t")]
+    if "class_name" not in fields or not notes:
+        return _first_line(text) or type(exc).__name__
+    when = " before it started" if any(n.startswith("The actor never ran") for n in notes) else ""
+    detail = notes[0]
+    reason = _first_sentence(detail).removeprefix("The actor is dead because ")
+    if "Worker exit detail:" in detail:
+        exit_detail = detail.split("Worker exit detail:", 1)[1].split(" Some common causes", 1)[0].strip()
+        reason = f"{reason} ({exit_detail.rstrip('.')})"
+    pid = f" (pid {fields['pid']})" if fields.get("pid") else ""
+    return f"Ray actor {fields['class_name']}{pid} died{when}: {reason}"
+
+
+def _object_error(exc: Any) -> str:
+    """ObjectLostError and kin: the base text names the object; the paragraph after it says why."""
+    text = _ANSI.sub("", str(exc))
+    _, _, why = text.partition("\n\n")
+    return f"Ray lost an object ({type(exc).__name__}): {_first_sentence(why or text)}"
+
+
+def _training_error(exc: Any) -> str | None:
+    """Ray Train's TrainingFailedError: name the failing rank (or the controller) and its cause."""
+    failures = getattr(exc, "worker_failures", None)
+    if isinstance(failures, dict) and failures:
+        rank = min(failures)
+        more = f" (and {len(failures) - 1} more worker(s))" if len(failures) > 1 else ""
+        return f"training failed on worker rank {rank}{more}: {_cause(failures[rank])}"
+    controller = getattr(exc, "controller_failure", None)
+    if isinstance(controller, BaseException):
+        return f"training controller failed: {_cause(controller)}"
+    if isinstance(exc.__cause__, BaseException):  # Ray Train v1 chains the real error
+        return f"training failed: {_cause(exc.__cause__)}"
+    return None
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line naming what failed and why, for the CLI's ``error: ...`` line.
+
+    Ray's exceptions are read for the task/actor/object and the root cause (a
+    remote ``ValueError``'s own line, not the ``ray::f() (pid=...)`` header);
+    anything else keeps its first line, which raysegment's own errors make the
+    message. Never raises.
+    """
+    try:
+        line = _describe(exc)
+    except Exception:  # a malformed message must not hide the error it describes
+        line = None
+    return _ANSI.sub("", line or _first_line(str(exc)) or type(exc).__name__)
+
+
+def _describe(exc: BaseException) -> str | None:
+    rx = sys.modules.get("ray.exceptions")
+    train = sys.modules.get("ray.train")
+    if train is not None and isinstance(exc, getattr(train, "TrainingFailedError", ())):
+        return _training_error(exc)
+    health = getattr(exc, "health_check_failure", None)  # Ray Train: a worker failed its health check
+    if isinstance(health, BaseException):
+        return f"{_first_line(str(exc))}: {_cause(health)}"
+    if rx is None or not isinstance(exc, rx.RayError):
+        return None
+    if isinstance(exc, rx.RayTaskError):
+        return _task_error(exc)
+    if isinstance(exc, rx.RayActorError):
+        return _actor_error(exc)
+    if isinstance(exc, rx.ObjectLostError):
+        return _object_error(exc)
+    if isinstance(exc, rx.NodeDiedError):
+        return f"a Ray node died: {_first_line(str(exc))}"
+    return _first_line(str(exc))
+
+
 def _quiet_ray_data() -> None:
-    """Keep Ray Data's per-operator chatter out of the CLI; its progress bars stay."""
+    """Keep Ray Data's per-operator chatter out of the CLI; its progress bars stay (off while
+    raysegment's own bar shows, see raysegment/progress.py)."""
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     # Off a terminal Ray Data reports progress as periodic log lines; keep those.
     logging.getLogger("ray.data._internal.progress.logging_progress").setLevel(logging.INFO)
 
 
 def cluster_resources() -> dict[str, float]:
+    """What the connected cluster has, so the actor plan fits it."""
     import ray
 
     return dict(ray.cluster_resources())

@@ -70,7 +70,7 @@ def ray_local(s3_server: str) -> Iterator[None]:
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")  # never a recorded cluster
     yield
     ray.shutdown()
 
