@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 
 from raysegment.io.decoders import decode
 from raysegment.masks.rle import row_masks
-from raysegment.output.root import read_output
+from raysegment.output.root import OutputRoot
 from raysegment.plugin.contract import Modality
 from raysegment.uri import read_bytes
 
@@ -36,8 +36,13 @@ def _candidates(uri: str) -> list[str]:
 
 
 def find_row(output: str, uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The output row for ``uri`` (as given, or as an absolute local path)."""
-    table = read_output(output, storage_options=storage_options)
+    """The output row for ``uri`` (as given, or as an absolute local path).
+
+    A path that holds no output at all is said to be one, not reported as a missing row.
+    """
+    root = OutputRoot(output, storage_options)
+    root.part_files()  # raises InputSpecError: not a raysegment output
+    table = root.read()
     for candidate in _candidates(uri):
         hits = table.filter(pc.equal(table.column("uri"), candidate))
         if hits.num_rows:

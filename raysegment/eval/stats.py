@@ -24,6 +24,7 @@ from raysegment.errors import InputSpecError, describe_error
 from raysegment.io.decoders import DecodeLimits, decode
 from raysegment.io.sources import list_inputs
 from raysegment.plugin.types import Modality
+from raysegment.progress import progress
 from raysegment.runtime import ensure_ray
 from raysegment.uri import read_bytes, redact
 
@@ -161,15 +162,18 @@ def compute_stats(input: str | Sequence[str], *, modality: Modality | str = Moda
     started = ensure_ray(address)
     total, ok, failed, problems = BandStats(), 0, 0, []
     try:
-        ds = ray.data.from_items([{"uri": u} for u in uris], override_num_blocks=max(1, len(uris) // ITEMS_PER_TASK))
-        ds = ds.map_batches(_stats_batch, batch_size=ITEMS_PER_TASK, batch_format="numpy", num_cpus=1,
-                            fn_kwargs={"modality": modality, "limits": limits, "storage_options": storage_options})
-        for part in ds.iter_batches(batch_format="numpy", batch_size=64):
-            for blob in part["stats"]:
-                total.merge(pickle.loads(blob))  # our own tasks' partials, never outside data
-            ok, failed = ok + int(part["ok"].sum()), failed + int(part["failed"].sum())
-            for text in part["problems"]:
-                problems += json.loads(text)[: EXAMPLES - len(problems)]
+        with progress(len(uris), "stats") as bar:  # before the dataset: it copies Ray Data's settings
+            ds = ray.data.from_items([{"uri": u} for u in uris],
+                                     override_num_blocks=max(1, len(uris) // ITEMS_PER_TASK))
+            ds = ds.map_batches(_stats_batch, batch_size=ITEMS_PER_TASK, batch_format="numpy", num_cpus=1,
+                                fn_kwargs={"modality": modality, "limits": limits, "storage_options": storage_options})
+            for part in ds.iter_batches(batch_format="numpy", batch_size=None):  # per block: a steady bar
+                for blob in part["stats"]:
+                    total.merge(pickle.loads(blob))  # our own tasks' partials, never outside data
+                ok, failed = ok + int(part["ok"].sum()), failed + int(part["failed"].sum())
+                bar.update(int(part["ok"].sum() + part["failed"].sum()))
+                for text in part["problems"]:
+                    problems += json.loads(text)[: EXAMPLES - len(problems)]
     finally:
         if started:
             ray.shutdown()

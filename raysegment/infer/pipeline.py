@@ -28,6 +28,7 @@ from raysegment.output.root import OutputError, OutputRoot, RunManifest
 from raysegment.output.sink import IncompleteOutputError, ShardedParquetSink
 from raysegment.plugin.contract import Modality
 from raysegment.plugin.spec import ModelSpec, resolve_model
+from raysegment.progress import progress
 from raysegment.runtime import ActorPlan, cluster_resources, ensure_ray, plan_actors
 from raysegment.tasks.spec import task_spec
 from raysegment.uri import redact
@@ -37,6 +38,7 @@ __all__ = ["InferenceConfig", "RunSummary", "run_inference"]
 log = logging.getLogger("raysegment")
 
 PREDICTOR_MEMORY = 1024 * 2**20  # bytes reserved per predictor actor
+PROGRESS_POLL_S = 2.0  # how often the progress bar lists the output (two listings a poll)
 
 
 @dataclasses.dataclass
@@ -64,8 +66,8 @@ class InferenceConfig:
     tile: int | tuple[int, ...] | None = None  # None: the plugin's default_tile (volumes), else untiled
     overlap: int | tuple[int, ...] | None = None  # None: the plugin's default_overlap, else tile // 4
     blend: str = "gaussian"  # gaussian | linear | constant
-    mask_raster: bool = False  # also write a COG label raster per 2D scene under OUTPUT/masks/
-    polygons: bool = False  # also write a GeoParquet polygon layer per 2D scene under OUTPUT/polygons/
+    mask_raster: bool = False  # also write a COG label raster per 2D scene under OUTPUT/_masks/
+    polygons: bool = False  # also write a GeoParquet polygon layer per 2D scene under OUTPUT/_polygons/
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -257,11 +259,14 @@ def run_inference(config: InferenceConfig) -> RunSummary:
                 config.actors, config.gpus_per_actor, cluster_resources(), config.threads, joined=not started
             )
             actors_text = actors.describe()
-            log.info("%d item(s) in %d shard(s) to do; %s", sum(len(s.uris) for s in plan.pending), len(plan.pending), actors_text)
+            todo = sum(len(s.uris) for s in plan.pending)
+            log.info("%d item(s) in %d shard(s) to do; %s", todo, len(plan.pending), actors_text)
             expected = {s.id: range(s.start, s.start + len(s.uris)) for s in plan.pending}
             sink = ShardedParquetSink(config.output, expected, config.storage_options)
             t0 = time.perf_counter()
-            _build_dataset(config, plan, actors).write_datasink(sink)
+            # Items done = rows the sink has written, polled from the output (the writes run in Ray).
+            with progress(todo, "infer") as bar, bar.follow(sink.rows_written, PROGRESS_POLL_S):
+                _build_dataset(config, plan, actors).write_datasink(sink)
             pipeline_seconds = time.perf_counter() - t0
         finally:
             if started:

@@ -1,7 +1,8 @@
 """Input listing and sharding over fsspec.
 
 A job's input is one string: a directory or object prefix, a glob, a manifest
-(``.csv`` / ``.parquet`` with a ``uri`` column) or a single file. It is turned
+(``.csv`` / ``.parquet`` with a ``uri`` column, or the ``image_uri`` column of a
+training/eval manifest) or a single file. It is turned
 into an ordered list of full URIs once, on the driver, and cut into fixed-size
 shards; the digest of the listing lets a resumed job check it sees the same input.
 
@@ -36,6 +37,9 @@ __all__ = [
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _MANIFEST_SUFFIXES = (".csv", ".parquet")
+#: The input column of a manifest, the first present: ``uri``, else the training/eval manifests' ``image_uri``,
+#: so the manifest a model was trained or scored on can be segmented as it is.
+INPUT_COLUMNS = ("uri", "image_uri")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +96,7 @@ def list_inputs(spec: str, storage_options: dict | None = None) -> list[str]:
                 raise InputSpecError(f"input is empty: no files under {shown}")
             return uris
         if path.lower().endswith(_MANIFEST_SUFFIXES):
-            return _read_manifest(fs, path, shown)
+            return _read_manifest(fs, path, shown, INPUT_COLUMNS)
         return [_full_uri(fs, path)]
     except PermissionError as exc:
         raise InputSpecError(f"cannot read {shown}: permission denied ({exc})") from None
@@ -135,15 +139,20 @@ def read_manifest(spec: str, columns: Sequence[str], storage_options: dict | Non
     return {name: _read_manifest(fs, path, shown, name) for name in columns}
 
 
-def _read_manifest(fs: fsspec.AbstractFileSystem, path: str, shown: str, column: str = "uri") -> list[str]:
-    """Read one URI column of a CSV/Parquet manifest, resolving relative entries."""
+def _read_manifest(fs: fsspec.AbstractFileSystem, path: str, shown: str,
+                   column: str | tuple[str, ...] = "uri") -> list[str]:
+    """Read one URI column of a CSV/Parquet manifest (the first present of ``column``), resolving relative entries."""
     data = fs.cat_file(path)
-    if path.lower().endswith(".csv"):
-        entries, columns = _csv_column(data, shown, column)
-    else:
-        entries, columns = _parquet_column(data, shown, column)
+    read = _csv_column if path.lower().endswith(".csv") else _parquet_column
+    wanted = (column,) if isinstance(column, str) else column
+    entries, columns = None, []
+    for column in wanted:
+        entries, columns = read(data, shown, column)
+        if entries is not None:
+            break
     if entries is None:
-        raise InputSpecError(f"manifest {shown} has no '{column}' column (columns: {', '.join(columns) or 'none'})")
+        names = " or ".join(f"'{c}'" for c in wanted)
+        raise InputSpecError(f"manifest {shown} has no {names} column (columns: {', '.join(columns) or 'none'})")
     if not entries:
         raise InputSpecError(f"input is empty: manifest {shown} lists no files")
     base_dir = posixpath.dirname(path)

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from raysegment import __version__
+from raysegment.errors import InputSpecError
 from raysegment.io.sources import Shard
 from raysegment.output.atomic import write_atomic
 from raysegment.output.schema import OUTPUT_SCHEMA, SCHEMA_VERSION
@@ -88,6 +89,23 @@ class OutputRoot:
             return [p.rsplit("/", 1)[-1] for p in self.fs.ls(self.path, detail=False)]
         except (FileNotFoundError, NotADirectoryError):
             return []
+
+    def part_files(self) -> list[str]:
+        """The committed part files, sorted; none at all means the path is not an output (one line, as eval and show say)."""
+        self.fs.invalidate_cache()
+        files = sorted(self.join(n) for n in self._entries() if n.startswith("part-") and n.endswith(".parquet"))
+        if not files:
+            raise InputSpecError(f"no part-*.parquet files under {self.shown}: not a raysegment output")
+        return files
+
+    def item_count(self) -> int | None:
+        """The run's item count from its manifest (a progress bar's total); None without a readable one."""
+        try:
+            with self.fs.open(self.join(MANIFEST), "rb") as f:
+                count = json.loads(f.read()).get("num_items")
+        except (OSError, ValueError):
+            return None
+        return count if isinstance(count, int) else None
 
     def committed(self, shards: Sequence[Shard]) -> set[int]:
         names = set(self._entries())

@@ -136,6 +136,31 @@ class ShardedParquetSink(Datasink[list[int]]):
             pass
         return True
 
+    def rows_written(self) -> int:
+        """Rows of this sink's shards written so far: committed parts plus staged fragments.
+
+        For the driver's progress bar while Ray Data runs the writes, which the driver does
+        not see: one listing of the root and one of the staging area, counted from file
+        names alone. A retried task's duplicate fragment counts until its shard commits, so
+        the count is capped at the expected total.
+        """
+        fs = self.layout.fs
+        fs.invalidate_cache()
+        root = self.layout.path("").rstrip("/") or "/"
+        try:
+            names = {p.rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)}
+        except FileNotFoundError:
+            return 0
+        done = {s for s in self.expected if part_name(s) in names}
+        rows = sum(len(self.expected[s]) for s in done)
+        if STAGING in names:
+            for path in fs.find(self.layout.path(STAGING)):
+                folder, _, name = path.rpartition("/")
+                shard = folder.rpartition("/shard-")[2]
+                if name.startswith("frag-") and shard.isdigit() and int(shard) in self.expected and int(shard) not in done:
+                    rows += _fragment_rows(name)
+        return min(rows, sum(len(v) for v in self.expected.values()))
+
     def on_write_complete(self, write_result: WriteResult[list[int]]) -> None:
         committed = {s for r in write_result.write_returns for s in r}
         short = [s for s in sorted(self.expected) if s not in committed and not self.try_commit(s)]

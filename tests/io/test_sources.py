@@ -115,8 +115,22 @@ def test_csv_manifest_keeps_order_and_resolves_relative(tree: Path) -> None:
 def test_csv_manifest_missing_column(tmp_path: Path) -> None:
     manifest = tmp_path / "m.csv"
     manifest.write_text("a,b\n1,2\n")
-    with pytest.raises(InputSpecError, match=r"^manifest .*m\.csv has no 'uri' column \(columns: a, b\)$"):
+    with pytest.raises(InputSpecError, match=r"^manifest .*m\.csv has no 'uri' or 'image_uri' column \(columns: a, b\)$"):
         list_inputs(str(manifest))
+
+
+def test_training_and_eval_manifests_are_inputs_by_their_image_uri(tmp_path: Path) -> None:
+    """The manifest a model was trained or scored on (image_uri, mask_uri) can be segmented as it is."""
+    (tmp_path / "m.csv").write_text("image_uri,mask_uri\nb.png,b_mask.png\nsub/a.png,sub/a_mask.png\n")
+    assert list_inputs(str(tmp_path / "m.csv")) == [str(tmp_path / "b.png"), str(tmp_path / "sub/a.png")]
+    pq.write_table(pa.table({"mask_uri": ["m.png"], "image_uri": ["i.png"]}), tmp_path / "m.parquet")
+    assert list_inputs(str(tmp_path / "m.parquet")) == [str(tmp_path / "i.png")]
+    # both columns: uri is the input column
+    (tmp_path / "both.csv").write_text("image_uri,uri\nx.png,y.png\n")
+    assert list_inputs(str(tmp_path / "both.csv")) == [str(tmp_path / "y.png")]
+    (tmp_path / "blank.csv").write_text("image_uri,mask_uri\n,m.png\n")
+    with pytest.raises(InputSpecError, match="empty image_uri in data row 1"):
+        list_inputs(str(tmp_path / "blank.csv"))
 
 
 def test_csv_manifest_empty_and_blank_entry(tmp_path: Path) -> None:
@@ -139,7 +153,7 @@ def test_parquet_manifest(tmp_path: Path) -> None:
 def test_parquet_manifest_missing_column_and_wrong_type(tmp_path: Path) -> None:
     manifest = tmp_path / "m.parquet"
     pq.write_table(pa.table({"path": ["a.png"], "n": [1]}), manifest)
-    with pytest.raises(InputSpecError, match=r"has no 'uri' column \(columns: path, n\)"):
+    with pytest.raises(InputSpecError, match=r"has no 'uri' or 'image_uri' column \(columns: path, n\)"):
         list_inputs(str(manifest))
     pq.write_table(pa.table({"uri": [1, 2]}), manifest)
     with pytest.raises(InputSpecError, match="must hold strings"):

@@ -55,3 +55,18 @@ def test_wrong_indices_never_commit(tmp_path: Path) -> None:
     sink = ShardedParquetSink(str(tmp_path), {0: range(0, 2)})
     assert sink.write([rows(0, [0, 7])], None) == []  # two rows, but not the two expected
     assert not (tmp_path / part_name(0)).exists()
+
+
+def test_rows_written_counts_staged_fragments_and_committed_parts(tmp_path: Path) -> None:
+    """What the driver's progress bar polls while Ray Data writes: from file names alone, never over the total."""
+    sink = ShardedParquetSink(str(tmp_path / "out"), {0: range(0, 4), 1: range(4, 6)})
+    assert sink.rows_written() == 0  # the root does not exist yet
+    sink.write([rows(0, [0, 1]), rows(1, [4])], None)
+    assert sink.rows_written() == 3  # staged fragments
+    sink.write([rows(0, [2, 3])], None)
+    assert (tmp_path / "out" / part_name(0)).exists()
+    assert sink.rows_written() == 5  # shard 0 committed (4) + a fragment of shard 1 (1)
+    sink.write([rows(1, [4])], None)  # a retried task's duplicate fragment
+    assert sink.rows_written() == 6
+    sink.write([rows(1, [5])], None)
+    assert sink.rows_written() == 6  # both committed: exactly the total
