@@ -24,10 +24,12 @@ log = logging.getLogger("raysegment")
 
 
 def _fail(exc: BaseException) -> NoReturn:
+    """One ``error:`` line and exit 1; Ray's multi-line dumps are read for what failed and why."""
     if os.environ.get("RAYSEGMENT_DEBUG"):
         raise exc
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    click.echo(f"error: {text}", err=True)
+    from raysegment.runtime import describe_failure
+
+    click.echo(f"error: {describe_failure(exc)}", err=True)
     sys.exit(EXIT_FATAL)
 
 
@@ -184,8 +186,8 @@ def _sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> int
               help="Overlap of neighbouring windows in pixels. [default: the model's, else tile/4]")
 @click.option("--blend", default="gaussian", type=click.Choice(["gaussian", "linear", "constant"]),
               help="Weighting of overlapping windows' logits.")
-@click.option("--mask-raster", is_flag=True, help="Tiled 2D scenes: also write a COG label raster with the source's CRS under OUTPUT/masks/.")
-@click.option("--polygons", is_flag=True, help="Tiled 2D scenes: also write a GeoParquet polygon layer under OUTPUT/polygons/.")
+@click.option("--mask-raster", is_flag=True, help="Tiled 2D scenes: also write a COG label raster with the source's CRS under OUTPUT/_masks/.")
+@click.option("--polygons", is_flag=True, help="Tiled 2D scenes: also write a GeoParquet polygon layer under OUTPUT/_polygons/.")
 def infer(input: str, output: str, model: str | None, checkpoint: str | None, params: tuple[str, ...],
           batch_size: int, actors: tuple[int, int] | None, gpus_per_actor: float | None, threads: int | None,
           address: str | None, resume: bool, overwrite: bool, shard_size: int, precision: str,
@@ -194,8 +196,8 @@ def infer(input: str, output: str, model: str | None, checkpoint: str | None, pa
     """Segment every item of INPUT and write one Parquet row per item to OUTPUT.
 
     INPUT is a local path or fsspec URL: a directory/prefix (recursive), a glob,
-    or a CSV/Parquet manifest with a `uri` column. Credentials come from the
-    environment (e.g. AWS_*), never from the command line.
+    or a CSV/Parquet manifest with a `uri` (or `image_uri`) column. Credentials
+    come from the environment (e.g. AWS_*), never from the command line.
     """
     from raysegment.infer.pipeline import InferenceConfig, run_inference
     from raysegment.plugin.spec import parse_params
@@ -295,6 +297,11 @@ def train(data: str, masks: str | None, pair: str, val_images: str | None, val_m
 @click.argument("pred")
 @click.argument("gt")
 @click.option("--pair", default="{stem}", help="Mask stem for an image stem when GT is a mask folder, e.g. '{stem}_mask'.")
+@click.option("--label-field", default=None,
+              help="Integer column burnt as each polygon's class when GT is a vector label file. [default: class 1]")
+@click.option("--region", default=None,
+              help="Score only pixels inside: east:F, west:F, north:F, south:F, depth:F (last fraction F of that "
+                   "axis), bbox:L,B,R,T (CRS units), pixels:R0,C0,R1,C1, or a vector file. [default: every pixel]")
 @click.option("--mask-values", default="", show_default=False,
               help="Raw mask value to class id, e.g. '0:1,255:0'. [default: values are class ids]")
 @click.option("--ignore-index", default=255, type=int, help="Mask value (after --mask-values) left out of the metrics.")
@@ -302,13 +309,15 @@ def train(data: str, masks: str | None, pair: str, val_images: str | None, val_m
 @click.option("--class-names", default=None, help="Comma-separated class names. [default: from the run / the COCO file]")
 @click.option("--out", "out_path", default="eval.json", help="JSON report to write (path or fsspec URL).")
 @click.option("--address", default=None, help="Ray cluster to join. [default: embedded local Ray]")
-def eval_(pred: str, gt: str, pair: str, mask_values: str, ignore_index: int, num_classes: int | None,
-          class_names: str | None, out_path: str, address: str | None) -> None:
+def eval_(pred: str, gt: str, pair: str, label_field: str | None, region: str | None, mask_values: str,
+          ignore_index: int, num_classes: int | None, class_names: str | None, out_path: str,
+          address: str | None) -> None:
     """Score the output PRED of `infer` against ground truth GT: IoU and accuracy per class.
 
     GT is a mask folder/prefix (matched by stem through --pair), a CSV/Parquet
-    manifest with image_uri and mask_uri, or a COCO annotation .json (matched
-    by file name).
+    manifest with image_uri and mask_uri, a COCO annotation .json (matched
+    by file name), or vector labels (.geojson, GeoParquet, .shp, .gpkg, .zip)
+    burnt onto each georeferenced scene's grid (a tiled run's rows).
     """
     import fsspec
 
@@ -316,7 +325,7 @@ def eval_(pred: str, gt: str, pair: str, mask_values: str, ignore_index: int, nu
 
     names = [n.strip() for n in class_names.split(",")] if class_names else None
     result = evaluate(pred, gt, pair=pair, mask_values=mask_values, num_classes=num_classes, class_names=names,
-                      ignore_index=ignore_index, address=address)
+                      ignore_index=ignore_index, address=address, label_field=label_field, region=region)
     with fsspec.open(out_path, "w") as f:
         json.dump(result.to_dict(), f, indent=2)
     click.echo(result.format())

@@ -18,8 +18,9 @@ from raysegment.eval.overlay import find_row
 from raysegment.masks.rle import row_label_map
 
 
-def cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "RAYSEGMENT_DEBUG"}
+def cli(*args: str, cwd: Path | None = None, timeout: int = 300,
+        extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAYSEGMENT_DEBUG"} | (extra_env or {})
     return subprocess.run([sys.executable, "-m", "raysegment.cli", *args], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=timeout)
 
@@ -99,3 +100,44 @@ def test_infer_with_failures_exits_3_and_show_renders_an_overlay(
     assert np.array_equal(grey, labels == 0)  # background left as the grey source, the rest coloured
     bad = cli("show", str(tmp_path / "out"), str(inputs / "bomb.png"), "--out", str(tmp_path / "x.png"))
     assert "error row" in _one_line_error(bad)
+
+
+@pytest.mark.parametrize("command", ["show", "eval"])
+@pytest.mark.parametrize("what", ["missing", "empty folder", "image file", "other files"])
+def test_show_and_eval_on_a_path_that_is_no_output_say_so_in_one_line(command: str, what: str, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from raysegment.cli import main
+
+    path = tmp_path / "not-an-output"
+    if what == "empty folder":
+        path.mkdir()
+    elif what == "image file":
+        path = tmp_path / "a.png"
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(path)
+    elif what == "other files":
+        path.mkdir()
+        (path / "notes.txt").write_text("hello")
+    result = CliRunner().invoke(main, [command, str(path), "a.png", "--out", str(tmp_path / "o.png")])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: no part-*.parquet files under {path}: not a raysegment output"], result.output
+    assert "Traceback" not in result.output and not (tmp_path / "o.png").exists()
+
+
+def test_infer_shows_one_progress_bar_and_puts_rays_notices_in_the_quiet_log(tmp_path: Path) -> None:
+    images = tmp_path / "in"
+    images.mkdir()
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (32, 32), dtype=np.uint8)).save(images / f"{i}.png")
+    quiet = tmp_path / "quiet.log"
+    proc = cli("infer", str(images), str(tmp_path / "out"), "--model", "unet", "--param", "depth=2",
+               "--param", "base_channels=4", "--shard-size", "2",
+               extra_env={"RAYSEGMENT_PROGRESS": "1", "RAYSEGMENT_QUIET_LOG": str(quiet)})
+    assert proc.returncode == 0, proc.stderr
+    assert "infer: 100%" in proc.stderr and "3/3" in proc.stderr  # ours, forced on off a terminal
+    assert "Running Dataset" not in proc.stderr and "Total Progress" not in proc.stderr  # Ray Data's: off meanwhile
+    logged = quiet.read_text()
+    assert "Progress bars disabled" in logged  # Ray Data's notice of that, kept from the terminal
+    notices = [line.split(": ", 1)[1][:60] for line in logged.splitlines() if ": " in line]
+    assert notices and not [n for n in notices if n in proc.stderr]

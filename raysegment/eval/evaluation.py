@@ -3,7 +3,10 @@
 The CLI's ``eval`` is a thin wrapper over :func:`evaluate`. Ground truth is a
 mask folder/prefix (matched by file stem through a pairing rule), a CSV/Parquet
 manifest with ``image_uri`` and ``mask_uri`` (matched by image URI), or a COCO
-annotation ``.json`` (matched by file basename). Ray Data reads the output's
+annotation ``.json`` (matched by file basename), or vector labels (GeoJSON,
+GeoParquet, shapefile, GeoPackage: every georeferenced 2D row is scored against
+the polygons burnt onto its own grid, see :mod:`raysegment.eval.scoring`). A
+``region`` leaves every pixel outside it unscored. Ray Data reads the output's
 part files; each task decodes its rows' label maps, loads their masks and
 returns one partial metric accumulator of the run model's task spec (semantic: a
 confusion matrix over label maps), and the driver merges those exactly:
@@ -29,12 +32,22 @@ from typing import Any
 import numpy as np
 
 from raysegment.criteria.metrics import SegmentationMetrics
-from raysegment.errors import InputSpecError, describe_error
+from raysegment.errors import describe_error
+from raysegment.eval.scoring import (
+    VectorTruth,
+    parse_region_spec,
+    region_boxes,
+    region_mask,
+    score_against_vector,
+    score_pixels,
+)
 from raysegment.io.coco import CocoSemantic, coco_ref, image_key, load_mask
 from raysegment.io.sources import list_inputs, read_manifest
+from raysegment.io.vector_labels import holds_vector_labels
 from raysegment.output.root import OutputRoot
 from raysegment.plugin.contract import SegmentationModel, Task, class_names_from
 from raysegment.plugin.registry import PluginLoadError, UnknownModelError, get_registry
+from raysegment.progress import progress
 from raysegment.runtime import ensure_ray
 from raysegment.tasks.spec import task_spec
 
@@ -46,7 +59,8 @@ __all__ = ["EvalResult", "evaluate"]
 
 EXAMPLES = 5  # problem URIs kept per kind, for the report
 ROWS_PER_TASK = 16
-_COUNTS = ("rows", "matched", "missing", "skipped_error_rows", "size_mismatch", "failed", "ignored_pixels")
+_COUNTS = ("rows", "matched", "missing", "skipped_error_rows", "size_mismatch", "failed", "ignored_pixels",
+           "outside_region")
 
 
 @dataclasses.dataclass
@@ -67,6 +81,8 @@ class EvalResult:
     ignored_pixels: int = 0  # ground-truth pixels at the ignore index (not scored)
     ignore_index: int = 255
     mask_values_given: bool = False
+    region: str | None = None  # the --region spec scored, None for every pixel
+    outside_region: int = 0  # ok rows the region does not touch (not scored)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON: the counts, examples and :meth:`SegmentationMetrics.to_dict`."""
@@ -77,7 +93,9 @@ class EvalResult:
         lines = [self.metrics.format_table(),
                  f"rows {self.rows}  matched {self.matched}  missing gt {self.missing}  "
                  f"error rows skipped {self.skipped_error_rows}  size mismatch {self.size_mismatch}  "
-                 f"failed {self.failed}"]
+                 f"failed {self.failed}" + (f"  outside region {self.outside_region}" if self.region else "")]
+        if self.region:
+            lines.append(f"scored inside region {self.region} only")
         lines += [f"  no ground truth: {uri}" for uri in self.missing_gt]
         lines += [f"  {p}" for p in self.problems]
         absent = [n for n, iou in zip(self.metrics.class_names, self.metrics.iou) if iou != iou]  # NaN
@@ -95,11 +113,14 @@ class EvalResult:
 class _GtIndex:
     """Maps a prediction row's URI to its mask reference; shipped to every task."""
 
-    kind: str  # "stem" | "uri" | "basename"
+    kind: str  # "stem" | "uri" | "basename" | "vector"
     lookup: Mapping[str, str]
     pair: str = "{stem}"
+    vector: VectorTruth | None = None  # kind "vector": one polygon file for every row
 
     def ref_for(self, uri: str) -> str | None:
+        if self.vector is not None:
+            return self.vector.uri
         if self.kind == "stem":
             return self.lookup.get(self.pair.format(stem=stem(uri)))
         if self.kind == "basename":
@@ -107,8 +128,15 @@ class _GtIndex:
         return self.lookup.get(uri)
 
 
-def _gt_index(gt: str, pair: str, storage_options: dict | None) -> tuple[_GtIndex, CocoSemantic | None]:
+def _gt_index(gt: str, pair: str, storage_options: dict | None,
+              label_field: str | None = None) -> tuple[_GtIndex, CocoSemantic | None]:
     """Resolve the ground-truth spec once, on the driver, before Ray starts."""
+    if holds_vector_labels(gt, storage_options):
+        truth = VectorTruth(gt, label_field, storage_options)
+        truth.check()
+        return _GtIndex("vector", {}, vector=truth), None
+    if label_field is not None:
+        raise ValueError(f"--label-field applies to vector label ground truth only, not {redact(gt)}")
     lowered = gt.lower().split("?", 1)[0]
     if lowered.endswith(".json"):
         coco = CocoSemantic.load(gt, storage_options)
@@ -164,9 +192,10 @@ def _label_names(params: Mapping[str, Any]) -> tuple[str, ...] | None:
 
 
 def _evaluate_batch(batch: Any, *, index: _GtIndex, task: Task, num_classes: int, value_map: Mapping[int, int],
-                    ignore_index: int, storage_options: dict | None) -> dict[str, np.ndarray]:
+                    ignore_index: int, storage_options: dict | None, region: str | None = None) -> dict[str, np.ndarray]:
     """A block of output rows -> one row: the partial metric accumulator (pickled) and the counts."""
     spec = task_spec(task)
+    area = parse_region_spec(region) if region else None
     acc = spec.require("metric", "evaluation")(num_classes, ignore_index)
     counts = dict.fromkeys(_COUNTS, 0)
     missing: list[str] = []
@@ -185,16 +214,24 @@ def _evaluate_batch(batch: Any, *, index: _GtIndex, task: Task, num_classes: int
         for seg in row["segments"] or []:
             names.setdefault(int(seg["label"]), seg["label_name"])
         try:
-            target = apply_value_map(load_mask(ref, storage_options), value_map)
             pred = spec.row_prediction(row)  # semantic: the label map, uncovered pixels background
-            if target.shape != pred.shape:
-                counts["size_mismatch"] += 1
-                problems.append(f"{row['uri']}: mask is {target.shape[1]}x{target.shape[0]} "
-                                f"but the prediction is {pred.shape[1]}x{pred.shape[0]}")
+            boxes = region_boxes(area, pred.shape, row)  # None: every pixel
+            if boxes is not None and not boxes:
+                counts["outside_region"] += 1
                 continue
-            acc.update(pred, target)
+            if index.vector is not None:
+                ignored = score_against_vector(acc, pred, row, index.vector, boxes, value_map, ignore_index)
+            else:
+                target = apply_value_map(load_mask(ref, storage_options), value_map)
+                if target.shape != pred.shape:
+                    counts["size_mismatch"] += 1
+                    problems.append(f"{row['uri']}: mask is {target.shape[1]}x{target.shape[0]} "
+                                    f"but the prediction is {pred.shape[1]}x{pred.shape[0]}")
+                    continue
+                mask = region_mask(pred.shape, boxes) if boxes is not None else None
+                ignored = score_pixels(acc, pred, target, mask, ignore_index)
             counts["matched"] += 1
-            counts["ignored_pixels"] += int(np.count_nonzero(target == ignore_index))
+            counts["ignored_pixels"] += ignored
         except Exception as exc:
             counts["failed"] += 1
             problems.append(f"{row['uri']}: {describe_error(exc)}")
@@ -232,8 +269,14 @@ def _resolve_classes(params: Mapping[str, Any], coco: CocoSemantic | None, num_c
 
 def evaluate(pred: str, gt: str, *, pair: str = "{stem}", mask_values: str | Mapping[int, int] = "",
              num_classes: int | None = None, class_names: Sequence[str] | None = None, ignore_index: int = 255,
-             storage_options: dict | None = None, address: str | None = None) -> EvalResult:
+             storage_options: dict | None = None, address: str | None = None, label_field: str | None = None,
+             region: str | None = None) -> EvalResult:
     """Score the output root ``pred`` against ``gt``; see the module docstring for the GT forms.
+
+    ``label_field`` names the integer column burnt as the class of each polygon
+    when ``gt`` is a vector label file (default: every polygon is class 1).
+    ``region`` (``east:0.3``, ``bbox:L,B,R,T``, ``pixels:R0,C0,R1,C1``, a vector
+    file; see :mod:`raysegment.io.regions`) scores only the pixels inside it.
 
     Classes default to the run's model parameters and the segments' label
     names (a COCO ground truth brings its own names and must have as many).
@@ -242,10 +285,10 @@ def evaluate(pred: str, gt: str, *, pair: str = "{stem}", mask_values: str | Map
     """
     value_map = parse_value_map(mask_values)
     root = OutputRoot(pred, storage_options)
-    files = sorted(root.fs.glob(root.join("part-*.parquet")))
-    if not files:
-        raise InputSpecError(f"no part-*.parquet files under {root.shown}: not a raysegment output")
-    index, coco = _gt_index(gt, pair, storage_options)
+    files = root.part_files()  # none: "not a raysegment output", one line before Ray starts
+    index, coco = _gt_index(gt, pair, storage_options, label_field)
+    if region:
+        parse_region_spec(region)  # a bad spec is one line before Ray starts
     model_name, params = _run_model(files, root.fs)
     task = _run_task(model_name)
     spec = task_spec(task)
@@ -260,22 +303,27 @@ def evaluate(pred: str, gt: str, *, pair: str = "{stem}", mask_values: str | Map
     import ray.data
 
     started = ensure_ray(address)
+    bar = None
     try:
+        bar = progress(root.item_count(), "eval", unit="row")  # before the dataset: it copies Ray Data's settings
         ds = ray.data.read_parquet(files, filesystem=pafs.PyFileSystem(pafs.FSSpecHandler(root.fs)),
-                                   columns=["uri", "status", "height", "width", "segments"])
+                                   columns=["uri", "status", "height", "width", "segments",
+                                            *(("depth", "crs", "transform") if region or index.vector else ())])
         ds = ds.map_batches(_evaluate_batch, batch_size=ROWS_PER_TASK, batch_format="pyarrow", num_cpus=1,
                             fn_kwargs={"index": index, "task": task, "num_classes": k, "value_map": value_map,
-                                       "ignore_index": ignore_index, "storage_options": storage_options})
+                                       "ignore_index": ignore_index, "storage_options": storage_options,
+                                       "region": region})
         total = spec.metric(k, ignore_index)
         counts = dict.fromkeys(_COUNTS, 0)
         missing: list[str] = []
         problems: list[str] = []
         seen: dict[int, str] = {}
-        for part in ds.iter_batches(batch_format="numpy", batch_size=64):
+        for part in ds.iter_batches(batch_format="numpy", batch_size=None):  # per block: a steady bar
             for blob in part["accumulator"]:
                 total.merge(pickle.loads(blob))  # our own tasks' accumulators, never outside data
             for key in _COUNTS:
                 counts[key] += int(part[key].sum())
+            bar.update(int(part["rows"].sum()))
             for text in part["examples"]:
                 ex = json.loads(text)
                 missing += ex["missing"][: EXAMPLES - len(missing)]
@@ -283,14 +331,17 @@ def evaluate(pred: str, gt: str, *, pair: str = "{stem}", mask_values: str | Map
                 for label, name in ex["names"].items():
                     seen.setdefault(int(label), name)
     finally:
+        if bar is not None:
+            bar.close()
         if started:
             ray.shutdown()
     if not counts["matched"]:
-        first = problems[0] if problems else (f"no ground truth for {missing[0]}" if missing else "no ok rows")
+        first = problems[0] if problems else (f"no ground truth for {missing[0]}" if missing else
+                                              f"region {region} touches no row" if counts["outside_region"] else "no ok rows")
         raise ValueError(f"no output row could be compared with {redact(gt)}: {first}")
     if not final:
         merged = tuple(seen.get(i, name) for i, name in enumerate(names))
         names = merged if len(set(merged)) == k else names
     metrics = total.metrics(names if len(set(names)) == k else None)
     return EvalResult(pred=root.shown, gt=redact(gt), metrics=metrics, missing_gt=missing, problems=problems,
-                      ignore_index=ignore_index, mask_values_given=bool(value_map), **counts)
+                      ignore_index=ignore_index, mask_values_given=bool(value_map), region=region, **counts)
