@@ -259,6 +259,12 @@ def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> tu
                    "[default: the --checkpoint's, else dtype]")
 @click.option("--stats", "stats_file", default=None,
               help="Statistics JSON from `raysegment stats` for percentile/zscore. [default: computed on the training images]")
+@click.option("--window", default=None, callback=_sizes, metavar="SIZE[,SIZE...]",
+              help="Train on windows sampled from whole scenes (GeoTIFF/COG, NIfTI) with label rasters or vector labels (--masks).")
+@click.option("--windows-per-epoch", default=None, type=click.IntRange(min=1), help="With --window. [default: about one pass over the training pixels]")
+@click.option("--positive-fraction", default=0.0, type=click.FloatRange(0, 1), help="With --window: share of windows placed over a foreground label.")
+@click.option("--val-region", default=None, help="With --window: the part of every scene held out: east:0.3 (west, north, south, depth), bbox:L,B,R,T, pixels:R0,C0,R1,C1 or a vector file.")
+@click.option("--label-field", default=None, help="Vector labels: the integer column to burn. [default: every polygon is class 1]")
 @click.option("--storage", default="runs", help="Where runs live: a folder or fsspec URL (s3://...).")
 @click.option("--name", default="train", help="Run name: its folder under --storage.")
 @click.option("--resume", is_flag=True, help="Continue the run NAME from its last checkpoint.")
@@ -270,13 +276,15 @@ def train(data: str, masks: str | None, pair: str, val_images: str | None, val_m
           model: str | None, params: tuple[str, ...], checkpoint: str | None, epochs: int, batch_size: int,
           workers: int, use_gpu: bool, lr: float, weight_decay: float, loss: str | None,
           class_weights: tuple[float, ...] | str | None, augment: str, mask_values: str, select: str | None,
-          normalize: str | None,
-          stats_file: str | None, storage: str, name: str, resume: bool, seed: int, bad_data: str, max_failures: int,
+          normalize: str | None, stats_file: str | None, window: int | tuple[int, ...] | None,
+          windows_per_epoch: int | None, positive_fraction: float, val_region: str | None, label_field: str | None,
+          storage: str, name: str, resume: bool, seed: int, bad_data: str, max_failures: int,
           address: str | None) -> None:
-    """Train a model on Ray Train from (image, mask) pairs; the best checkpoint feeds `infer`.
+    """Train a model on Ray Train from (image, mask) pairs or from windows of scenes; the best checkpoint feeds `infer`.
 
     DATA is an image folder/prefix (with --masks) or a CSV/Parquet manifest with
-    image_uri and mask_uri columns.
+    image_uri and mask_uri columns. With --window, DATA holds scenes and --masks
+    their label rasters or one vector label file (GeoJSON, GeoParquet, shapefile).
     """
     from raysegment.plugin.spec import parse_params
     from raysegment.train.training import TrainConfig, run_training
@@ -285,9 +293,9 @@ def train(data: str, masks: str | None, pair: str, val_images: str | None, val_m
         images=data, masks=masks, pair=pair, val_images=val_images, val_masks=val_masks, val_fraction=val_fraction,
         model=model, params=parse_params(params), init_checkpoint=checkpoint, epochs=epochs, batch_size=batch_size,
         workers=workers, use_gpu=use_gpu, lr=lr, weight_decay=weight_decay, loss=loss, class_weights=class_weights,
-        augment=augment, mask_values=mask_values, select=select, normalize=normalize, stats=stats_file, storage=storage, name=name,
-        resume=resume, seed=seed,
-        bad_data=bad_data, max_failures=max_failures, address=address,
+        augment=augment, mask_values=mask_values, select=select, normalize=normalize, stats=stats_file, window=window,
+        windows_per_epoch=windows_per_epoch, positive_fraction=positive_fraction, val_region=val_region,
+        label_field=label_field, storage=storage, name=name, resume=resume, seed=seed, bad_data=bad_data, max_failures=max_failures, address=address,
     ))
     click.echo(summary.format())
 

@@ -33,7 +33,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
-__all__ = ["ENV", "Progress", "progress", "progress_enabled"]
+__all__ = ["ENV", "Progress", "progress", "progress_enabled", "progress_line"]
 
 #: ``0`` (or ``false``, ``no``, ``off``) turns the bars off; ``1`` (``true``, ``yes``, ``on``) forces them on.
 ENV = "RAYSEGMENT_PROGRESS"
@@ -162,3 +162,12 @@ def _set_ray_data_bars(on: bool) -> bool | None:
     old = bool(context.enable_progress_bars)
     context.enable_progress_bars = on
     return old
+
+
+def progress_line(desc: str, done: int, total: int | None, elapsed: float, unit: str = "it") -> str:
+    """One printed bar (count, rate, ETA) as tqdm draws it, for loops whose stderr is not the user's
+    terminal: a Ray Train worker's lines reach the driver one whole line at a time, so rank 0 prints
+    a few of these per epoch instead of redrawing one bar."""
+    from tqdm import tqdm
+
+    return tqdm.format_meter(int(done), total, float(elapsed), ncols=100, prefix=desc, unit=unit)

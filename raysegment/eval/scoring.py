@@ -15,15 +15,13 @@ flat arrays, which pixel-wise metrics (the confusion matrix) take as they are.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from raysegment.errors import ItemError
-from raysegment.io.vector_labels import rasterize_window, read_vector_labels
+from raysegment.io.vector_labels import cached_vector_labels, rasterize_window, read_vector_labels
 from raysegment.train.data import apply_value_map
 
 __all__ = ["STRIP_PIXELS", "VectorTruth", "parse_region_spec", "region_boxes", "region_mask", "score_pixels",
@@ -49,12 +47,7 @@ class VectorTruth:
 
     def labels_in(self, crs: str) -> Any:
         """The polygons reprojected to ``crs``; the last few CRSs stay cached in this worker."""
-        return _cached_labels(self.uri, crs, self.label_field, json.dumps(self.storage_options or {}, sort_keys=True))
-
-
-@functools.lru_cache(maxsize=2)
-def _cached_labels(uri: str, crs: str, label_field: str | None, options: str) -> Any:
-    return read_vector_labels(uri, crs, label_field, json.loads(options) or None)
+        return cached_vector_labels(self.uri, crs, self.label_field, self.storage_options)
 
 
 def parse_region_spec(spec: str) -> Any:

@@ -14,11 +14,13 @@ that use it, so importing this module needs none of it.
 
 from __future__ import annotations
 
+import functools
 import io
+import json
 import math
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,7 +31,7 @@ from raysegment.uri import extension, filesystem, redact
 if TYPE_CHECKING:
     import geopandas
 
-__all__ = ["VECTOR_EXTENSIONS", "is_vector_labels", "holds_vector_labels", "read_vector_labels", "rasterize_window", "geometry_pixel_boxes",
+__all__ = ["VECTOR_EXTENSIONS", "is_vector_labels", "holds_vector_labels", "read_vector_labels", "cached_vector_labels", "rasterize_window", "geometry_pixel_boxes",
            "burn_dtype"]
 
 _GEOJSON = (".geojson", ".json")
@@ -127,6 +129,18 @@ def read_vector_labels(uri: str, crs: str | None, label_field: str | None = None
     if label_field is not None:
         _check_label_field(labels, label_field, shown)
     return labels
+
+
+@functools.lru_cache(maxsize=4)
+def _cached(uri: str, crs: str | None, label_field: str | None, options: str) -> Any:
+    return read_vector_labels(uri, crs, label_field, json.loads(options) or None)
+
+
+def cached_vector_labels(uri: str, crs: str | None, label_field: str | None = None,
+                         storage_options: Mapping[str, Any] | None = None) -> geopandas.GeoDataFrame:
+    """:func:`read_vector_labels`, kept for the last few (file, CRS) pairs of this process: a worker
+    reading many windows of one scene parses and reprojects its polygons once. Treat it as read-only."""
+    return _cached(uri, crs, label_field, json.dumps(dict(storage_options or {}), sort_keys=True))
 
 
 def _protocols(fs: Any) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ fails becomes a row of the training-data report, never a crash.
 from __future__ import annotations
 
 import dataclasses
+import io
 import random
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,10 +29,35 @@ from raysegment.plugin.spec import ModelSpec
 from raysegment.tasks.spec import task_spec
 from raysegment.uri import read_bytes, stem
 
-__all__ = ["TrainPair", "list_pairs", "split_pairs", "fill_to_workers", "parse_value_map", "WeightMapOptions",
+__all__ = ["DataCheck", "report_table", "report_bytes", "TrainPair", "list_pairs", "split_pairs", "fill_to_workers", "parse_value_map", "WeightMapOptions",
            "load_pairs"]
 
 Batch = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass
+class DataCheck:
+    """What the data-check pass learned: the good pairs and the label counts of the training ones."""
+
+    good: set[int]
+    class_pixels: np.ndarray  # (K,) labelled pixels per class over the good training pairs
+    ignored: int  # target pixels at ignore_index over all good pairs
+
+
+def report_table(rows: Sequence[Mapping[str, Any]]) -> Any:
+    """Rows of the training-data report -> a pyarrow Table (columns in the first row's order)."""
+    import pyarrow as pa
+
+    return pa.Table.from_pylist(list(rows))
+
+
+def report_bytes(table: Any) -> bytes:
+    """The report as Parquet bytes, for :meth:`~raysegment.train.run_folder.RunFolder.write`."""
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,7 @@ from raysegment.io.payload import unpack
 from raysegment.plugin.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from raysegment.plugin.contract import with_aux_losses
 from raysegment.plugin.padding import pad_to_shape, padded_shape
+from raysegment.progress import progress_line
 from raysegment.tasks.spec import MetricAccumulator, task_spec
 from raysegment.train.augment import AugmentConfig, augment, augment_volume, rng_for
 from raysegment.train.worker_config import WorkerConfig
@@ -103,12 +104,24 @@ def _validation_rows(cfg: WorkerConfig, rank: int, world: int) -> Any:
     import ray.data
 
     from raysegment.train.data import load_pairs
+    from raysegment.train.scene_data import load_windows
 
     rows = list(cfg.val_rows[rank::world])
     if not rows:
         return None
-    return ray.data.from_items(rows).map_batches(load_pairs, batch_size=4, batch_format="numpy",
-                                                 fn_kwargs=dict(cfg.load_kwargs))
+    return ray.data.from_items(rows).map_batches(load_pairs if cfg.windows is None else load_windows, batch_size=4,
+                                                 batch_format="numpy", fn_kwargs=dict(cfg.load_kwargs))
+
+
+def _epoch_windows(cfg: WorkerConfig, epoch: int, rank: int, world: int) -> Any:
+    """``--window``: this rank's windows of ``epoch``, drawn from the seeded plan and read by range."""
+    import ray.data
+
+    from raysegment.train.scene_data import load_windows
+
+    rows = cfg.windows.epoch_rows(int(cfg.seed), epoch, rank, world)
+    return ray.data.from_items(rows).map_batches(load_windows, batch_size=4, batch_format="numpy",
+                                                 fn_kwargs=dict(cfg.windows.load_kwargs))
 
 
 def merged_across_workers(acc: MetricAccumulator) -> MetricAccumulator:
@@ -153,10 +166,12 @@ def training_loss(plugin: Any, loss: str | None = None, class_weights: Any = Non
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """One worker's epochs: train on its shard, validate exactly, report and checkpoint."""
+    import ray.data
     import ray.train
     import ray.train.torch
 
     cfg = WorkerConfig.from_loop_config(config)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # rank 0 prints its own epoch progress
     spec, seed = cfg.spec, int(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))  # Ray pins CPU workers to one thread otherwise
@@ -175,8 +190,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     plain = AugmentConfig.none()
     context = ray.train.get_context()
     rank = context.get_world_rank()
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = _validation_rows(cfg, rank, context.get_world_size())
+    world = context.get_world_size()
+    train_shard = ray.train.get_dataset_shard("train") if cfg.windows is None else None
+    val_shard = _validation_rows(cfg, rank, world)
     history, best = state["history"], state["best"]
     task = task_spec(plugin.task)
     report = task.require("validation_report", "validation")
@@ -186,7 +202,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         sums = torch.zeros(3, dtype=torch.float64)  # loss * n, n, batches
         seen = torch.zeros(int(cfg.train_index_bound), dtype=torch.int32)  # which training items came by
         collate = Collate(augment_config, seed, epoch, divisor, plugin.ignore_index)
-        for batch in train_shard.iter_torch_batches(batch_size=cfg.batch_size, collate_fn=collate):
+        source = train_shard if cfg.windows is None else _epoch_windows(cfg, epoch, rank, world)
+        steps = math.ceil(int(cfg.train_index_bound) / world / int(cfg.batch_size))  # about (pairs: filled)
+        marks = {max(1, steps * q // 4) for q in (1, 2, 3)} if steps >= 8 else set()
+        for step, batch in enumerate(source.iter_torch_batches(batch_size=cfg.batch_size, collate_fn=collate), 1):
             output = plugin.forward(model, batch["image"].to(device, non_blocking=True))
             weight, target = batch.get("weight"), batch["target"].to(device)
             weight = None if weight is None else weight.to(device)
@@ -197,6 +216,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             n = batch["image"].shape[0]
             sums += torch.tensor([float(loss.detach()) * n, n, 1], dtype=torch.float64)
             seen[batch["index"]] = 1
+            if rank == 0 and step in marks:
+                print(progress_line(f"epoch {epoch + 1}/{cfg.epochs}", step, steps, time.perf_counter() - start,
+                                    "step"), flush=True)
         _all_reduce(sums)
         _all_reduce(seen)
         seconds = time.perf_counter() - start

@@ -11,7 +11,6 @@ from the last checkpoint (Ray Train restores runs by storage path and name).
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import time
@@ -20,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from raysegment.criteria.losses import build_loss
@@ -33,15 +31,18 @@ from raysegment.runtime import ensure_ray
 from raysegment.tasks.spec import task_spec
 from raysegment.train.augment import AugmentConfig
 from raysegment.train.data import (
+    DataCheck,
     TrainPair,
     WeightMapOptions,
     fill_to_workers,
     list_pairs,
     load_pairs,
     parse_value_map,
+    report_bytes,
     split_pairs,
 )
 from raysegment.train.run_folder import RunFolder
+from raysegment.train.window_plan import plan_windowed_training, split_scenes
 from raysegment.train.worker_config import WorkerConfig
 from raysegment.uri import redact
 
@@ -87,6 +88,13 @@ class TrainConfig:
     normalize: str | None = None
     stats: str | None = None  # statistics JSON (``raysegment stats``); None: computed on the training images
     weight_map: WeightMapOptions | None = None  # made automatically when the loss needs one
+    #: ``--window``: train on windows sampled from whole scenes (``images``) with label rasters or vector
+    #: labels (``masks``); an int or one size per axis. None: train on whole images.
+    window: int | Sequence[int] | None = None
+    windows_per_epoch: int | None = None  # None: about one pass over the training pixels
+    positive_fraction: float = 0.0  # share of windows placed over a foreground cell
+    val_region: str | None = None  # ``--val-region``: the part of every scene held out (see io/regions.py)
+    label_field: str | None = None  # vector labels: the integer column to burn (None: burn 1)
     storage: str = "runs"
     name: str = "train"
     resume: bool = False
@@ -121,15 +129,6 @@ def _pair_rows(pairs: Sequence[TrainPair], start: int = 0) -> list[dict[str, Any
     return [{"index": start + i, "image_uri": p.image, "mask_uri": p.mask} for i, p in enumerate(pairs)]
 
 
-@dataclasses.dataclass
-class DataCheck:
-    """What the data-check pass learned: the good pairs and the label counts of the training ones."""
-
-    good: set[int]
-    class_pixels: np.ndarray  # (K,) labelled pixels per class over the good training pairs
-    ignored: int  # target pixels at ignore_index over all good pairs
-
-
 def _check_data(rows: list[dict[str, Any]], spec: ModelSpec, cfg: TrainConfig, value_map: dict[int, int],
                 run: RunFolder, unpaired: list[tuple[str, str]], train_count: int) -> DataCheck:
     """One Ray Data pass over every pair: the report rows, the good pairs and their label counts."""
@@ -157,9 +156,7 @@ def _check_data(rows: list[dict[str, Any]], spec: ModelSpec, cfg: TrainConfig, v
     for uri, reason in unpaired:
         for c, v in zip(columns, [-1, uri, None, "error", reason, 0, 0, 0]):
             out[c].append(v)
-    buf = io.BytesIO()
-    pq.write_table(pa.table(out), buf)
-    run.write(REPORT, buf.getvalue())
+    run.write(REPORT, report_bytes(pa.table(out)))
     return check
 
 
@@ -245,20 +242,30 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
         class_weights=None if cfg.class_weights == "balanced" else cfg.class_weights)
     AugmentConfig.parse(cfg.augment).check_rank(3 if plugin.modality is Modality.VOLUME else 2)
     value_map = parse_value_map(cfg.mask_values)
-    pairs, unpaired = list_pairs(cfg.images, cfg.masks, pair=cfg.pair, storage_options=cfg.storage_options)
-    if cfg.val_images:
-        train_pairs = pairs
-        val_pairs, more = list_pairs(cfg.val_images, cfg.val_masks, pair=cfg.pair, storage_options=cfg.storage_options)
-        unpaired += more
+    if cfg.window is not None:
+        split = split_scenes(cfg)
+        train_images = [scene.image for scene in split.train]
     else:
-        train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.seed)
-    if not val_pairs:
-        raise ValueError("validation set is empty: raise --val-fraction or pass --val-images")
+        if cfg.val_region or cfg.label_field or cfg.positive_fraction:
+            raise ValueError("--val-region, --label-field and --positive-fraction need --window (training from scenes)")
+        pairs, unpaired = list_pairs(cfg.images, cfg.masks, pair=cfg.pair, storage_options=cfg.storage_options)
+        if cfg.val_images:
+            train_pairs = pairs
+            val_pairs, more = list_pairs(cfg.val_images, cfg.val_masks, pair=cfg.pair,
+                                         storage_options=cfg.storage_options)
+            unpaired += more
+        else:
+            train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.seed)
+        if not val_pairs:
+            raise ValueError("validation set is empty: raise --val-fraction or pass --val-images")
+        train_images = [p.image for p in train_pairs]
     run = RunFolder(cfg.storage, cfg.name, cfg.storage_options)
     run.check(cfg.resume)
     weights = cfg.weight_map or (WeightMapOptions() if loss is not None and loss.needs_weight_map else None)
     if weights is not None and plugin.modality is Modality.VOLUME:
         raise ValueError("the U-Net border weight map (loss 'wce') is 2D only; pick another --loss for volumes")
+    if weights is not None and cfg.window is not None:
+        raise ValueError("the U-Net border weight map (loss 'wce') needs whole masks; pick another --loss with --window")
 
     started = ensure_ray(cfg.address)
     import ray
@@ -270,14 +277,25 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
 
     try:
         if cfg.normalize is not None and stats is None and needs_stats(cfg.normalize):
-            stats = compute_stats([p.image for p in train_pairs], modality=plugin.modality,
-                                  storage_options=cfg.storage_options)  # training images only: no peeking
+            stats = compute_stats(train_images, modality=plugin.modality,
+                                  storage_options=cfg.storage_options)  # training images only (with --val-region
+            # the whole scenes: statistics of unlabelled pixels, not their labels)
             run.write(STATS, json.dumps(stats, indent=1).encode())
             spec = dataclasses.replace(spec, normalization=Normalization.resolve(cfg.normalize, stats))
         if spec.normalization.mode != "dtype":
             log.warning("normalisation: %s", spec.normalization.source)
-        train_rows, val_rows = _pair_rows(train_pairs), _pair_rows(val_pairs, len(train_pairs))
-        check = _check_data(train_rows + val_rows, spec, cfg, value_map, run, unpaired, len(train_pairs))
+        if cfg.window is not None:
+            windowed = plan_windowed_training(cfg, spec, value_map, split,
+                                              lambda table: run.write(REPORT, report_bytes(table)))
+            check, bad, windows = windowed.check, windowed.scenes_bad, windowed.plan
+            val_rows, load_kwargs, bound = windowed.val_rows, dict(windows.load_kwargs), windows.count
+            log.warning("windows: %d per epoch from %d scene(s), %d validation window(s)",
+                        windows.count, len(windows.scene_ids), len(val_rows))
+        else:
+            train_rows, val_rows = _pair_rows(train_pairs), _pair_rows(val_pairs, len(train_pairs))
+            check = _check_data(train_rows + val_rows, spec, cfg, value_map, run, unpaired, len(train_pairs))
+            bad = len(train_rows) + len(val_rows) - len(check.good) + len(unpaired)
+            windows = None
         good = check.good
         if check.ignored and not value_map:
             log.warning("%s mask pixel(s) have value %d = the model's ignore_index and are left out of the loss and "
@@ -287,18 +305,21 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
         if cfg.class_weights == "balanced":
             log.warning("balanced class weights: %s", ", ".join(f"{n} {w:.3g}" for n, w in
                                                                  zip(spec.label_names, class_weights)))
-        bad = len(train_rows) + len(val_rows) - len(good) + len(unpaired)
         if bad and cfg.bad_data == "fail":
-            raise TrainingDataError(f"{bad} bad training pair(s); see {redact(run.url)}/{REPORT}")
-        train_rows = [r for r in train_rows if r["index"] in good]
-        val_rows = [r for r in val_rows if r["index"] in good]
-        if not train_rows or not val_rows:
-            raise TrainingDataError(f"no usable training or validation pairs left; see {redact(run.url)}/{REPORT}")
-
-        load_kwargs = {"spec": spec, "value_map": value_map, "weights": weights, "limits": DecodeLimits(),
-                       "storage_options": cfg.storage_options}
-        train_ds = ray.data.from_items(fill_to_workers(train_rows, cfg.workers)).map_batches(load_pairs, batch_size=4, batch_format="numpy",
-                                                               fn_kwargs=load_kwargs)
+            raise TrainingDataError(f"{bad} bad training item(s); see {redact(run.url)}/{REPORT}")
+        datasets = {}
+        if windows is None:
+            train_rows = [r for r in train_rows if r["index"] in good]
+            val_rows = [r for r in val_rows if r["index"] in good]
+            if not train_rows or not val_rows:
+                raise TrainingDataError(f"no usable training or validation pairs left; see {redact(run.url)}/{REPORT}")
+            load_kwargs = {"spec": spec, "value_map": value_map, "weights": weights, "limits": DecodeLimits(),
+                           "storage_options": cfg.storage_options}
+            datasets["train"] = ray.data.from_items(fill_to_workers(train_rows, cfg.workers)).map_batches(
+                load_pairs, batch_size=4, batch_format="numpy", fn_kwargs=load_kwargs)
+            load_kwargs = {**load_kwargs, "weights": None}  # validation scores plain pairs (a new dict: Ray reads
+            # the training fn_kwargs when the dataset runs)
+            bound = max(r["index"] for r in train_rows) + 1
         resources = _worker_resources(cfg, ray.cluster_resources())
 
         path, filesystem = run.arrow_filesystem()
@@ -307,8 +328,8 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
             train_loop_config=WorkerConfig(
                 spec=spec, seed=cfg.seed, lr=cfg.lr, weight_decay=cfg.weight_decay, epochs=cfg.epochs,
                 batch_size=cfg.batch_size, augment=cfg.augment, label_names=tuple(spec.label_names),
-                val_rows=tuple(val_rows), load_kwargs={**load_kwargs, "weights": None},
-                train_index_bound=max(r["index"] for r in train_rows) + 1, score=score, loss=cfg.loss,
+                val_rows=tuple(val_rows), load_kwargs=load_kwargs, windows=windows,
+                train_index_bound=bound, score=score, loss=cfg.loss,
                 class_weights=tuple(class_weights) if class_weights else None,
                 init_checkpoint=cfg.init_checkpoint, storage_options=cfg.storage_options, run=run,
                 threads=_threads(resources),
@@ -321,7 +342,7 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
                 checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=score,
                                                    checkpoint_score_order="max"),
             ),
-            datasets={"train": train_ds},  # validation: each rank builds its exact share (train_loop)
+            datasets=datasets,  # validation (and windows): each rank builds its exact share (train_loop)
             dataset_config=_ordered_ingest(),
         )
         result = trainer.fit()

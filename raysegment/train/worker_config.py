@@ -45,6 +45,9 @@ class WorkerConfig:
     storage_options: Mapping[str, Any] | None = None
     run: Any = None  # the :class:`~raysegment.train.run_folder.RunFolder` that rank 0 writes history to
     threads: int | None = None  # torch threads per CPU worker; None: leave torch's choice
+    #: ``--window``: a :class:`~raysegment.train.window_plan.WindowPlan`; each rank draws its windows of every
+    #: epoch, ``val_rows`` are windows and ``load_kwargs`` those of ``load_windows``. None: whole image pairs.
+    windows: Any = None
 
     def as_loop_config(self) -> dict[str, Any]:
         """``train_loop_config`` for ``TorchTrainer``."""
