@@ -306,7 +306,8 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
             log.warning("balanced class weights: %s", ", ".join(f"{n} {w:.3g}" for n, w in
                                                                  zip(spec.label_names, class_weights)))
         if bad and cfg.bad_data == "fail":
-            raise TrainingDataError(f"{bad} bad training item(s); see {redact(run.url)}/{REPORT}")
+            what = "scene" if windows is not None else "pair"
+            raise TrainingDataError(f"{bad} bad training {what}(s); see {redact(run.url)}/{REPORT}")
         datasets = {}
         if windows is None:
             train_rows = [r for r in train_rows if r["index"] in good]
