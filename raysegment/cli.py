@@ -2,7 +2,7 @@
 
 Exit codes (documented in the README):
   0  every item succeeded
-  1  fatal error (one line on stderr, no traceback; RAYSEGMENT_DEBUG=1 shows it)
+  1  fatal error (one line on stderr, no traceback; RAYSEGMENT_DEBUG=1 shows it, redacted)
   2  bad command line (click's usage error)
   3  the run completed but some items are error rows
 """
@@ -24,12 +24,18 @@ log = logging.getLogger("raysegment")
 
 
 def _fail(exc: BaseException) -> NoReturn:
-    """One ``error:`` line and exit 1; Ray's multi-line dumps are read for what failed and why."""
+    """One redacted ``error:`` line and exit 1; Ray's multi-line dumps are read for what failed and why.
+
+    With RAYSEGMENT_DEBUG=1 the exception goes on, and the traceback Python prints is redacted too.
+    """
+    from raysegment.errors import describe_fatal, redacting_excepthook
+
     if os.environ.get("RAYSEGMENT_DEBUG"):
+        sys.excepthook = redacting_excepthook
         raise exc
     from raysegment.runtime import describe_failure
 
-    click.echo(f"error: {describe_failure(exc)}", err=True)
+    click.echo(f"error: {describe_fatal(exc, describe_failure(exc))}", err=True)
     sys.exit(EXIT_FATAL)
 
 
@@ -159,6 +165,15 @@ def _sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> int
     return sizes[0] if len(sizes) == 1 else sizes
 
 
+def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    from raysegment.io.decode_budget import parse_size
+
+    try:
+        return None if value is None else parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @main.command()
 @click.argument("input")
 @click.argument("output")
@@ -180,6 +195,11 @@ def _sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> int
 @click.option("--channels-last", is_flag=True, help="Run the model in channels_last memory format.")
 @click.option("--max-pixels", default=20000 * 20000, type=click.IntRange(min=1),
               help="Refuse images larger than this (decompression-bomb guard).")
+@click.option("--max-decode-memory", default=None, callback=_size, metavar="SIZE",
+              help="Most memory one item may take to decode and preprocess, e.g. 800MB, 2GiB. "
+                   "[default: half the worker's memory / its CPUs / --batch-size]")
+@click.option("--stall-timeout", default=300.0, type=float, metavar="SECONDS",
+              help="Fail in one line, naming the stage, when no stage makes progress this long (0: never).")
 @click.option("--tile", default=None, callback=_sizes, metavar="SIZE[,SIZE...]",
               help="Cut each scene into overlapping windows of this size (per axis, or one for all). [default: the model's; whole images for 2D models]")
 @click.option("--overlap", default=None, callback=_sizes, metavar="PX[,PX...]",
@@ -188,11 +208,7 @@ def _sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> int
               help="Weighting of overlapping windows' logits.")
 @click.option("--mask-raster", is_flag=True, help="Tiled 2D scenes: also write a COG label raster with the source's CRS under OUTPUT/_masks/.")
 @click.option("--polygons", is_flag=True, help="Tiled 2D scenes: also write a GeoParquet polygon layer under OUTPUT/_polygons/.")
-def infer(input: str, output: str, model: str | None, checkpoint: str | None, params: tuple[str, ...],
-          batch_size: int, actors: tuple[int, int] | None, gpus_per_actor: float | None, threads: int | None,
-          address: str | None, resume: bool, overwrite: bool, shard_size: int, precision: str,
-          channels_last: bool, max_pixels: int, tile: int | tuple[int, ...] | None,
-          overlap: int | tuple[int, ...] | None, blend: str, mask_raster: bool, polygons: bool) -> None:
+def infer(input: str, output: str, params: tuple[str, ...], **options: Any) -> None:
     """Segment every item of INPUT and write one Parquet row per item to OUTPUT.
 
     INPUT is a local path or fsspec URL: a directory/prefix (recursive), a glob,
@@ -202,13 +218,7 @@ def infer(input: str, output: str, model: str | None, checkpoint: str | None, pa
     from raysegment.infer.pipeline import InferenceConfig, run_inference
     from raysegment.plugin.spec import parse_params
 
-    summary = run_inference(InferenceConfig(
-        input=input, output=output, model=model, checkpoint=checkpoint, params=parse_params(params),
-        batch_size=batch_size, actors=actors, gpus_per_actor=gpus_per_actor, threads=threads, address=address,
-        resume=resume, overwrite=overwrite, shard_size=shard_size, precision=precision,
-        channels_last=channels_last, max_pixels=max_pixels, tile=tile, overlap=overlap, blend=blend,
-        mask_raster=mask_raster, polygons=polygons,
-    ))
+    summary = run_inference(InferenceConfig(input=input, output=output, params=parse_params(params), **options))
     click.echo(summary.format())
     if summary.failed:
         click.echo(f"{summary.failed} item(s) failed; see the 'error' column", err=True)

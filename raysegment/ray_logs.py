@@ -59,6 +59,13 @@ HARMLESS: tuple[tuple[str, re.Pattern[str]], ...] = (
      re.compile(r"Token authentication is enabled for this Ray cluster")),
     ("raysegment's own bar replaces Ray Data's while it shows (raysegment/progress.py)",
      re.compile(r"Progress bars disabled\. To enable, set")),
+    ("Ray Data's INFO lines for each small dataset a training worker reads (one per epoch and per "
+     "validation); the epoch line says what matters",
+     re.compile(r"Registered dataset logger for dataset|Starting execution of Dataset|Execution plan of Dataset"
+                r"|Dataset \S+ execution finished in")),
+    ("Ray Train's INFO lines for each report and its checkpoint; the run folder and the epoch line say it",
+     re.compile(r"Checkpoint successfully created at: |Reporting training result \d+|Moving model to device"
+                r"|Wrapping provided model in DistributedDataParallel")),
 )
 
 

@@ -15,8 +15,10 @@ import sys
 from typing import Any
 
 from raysegment.ray_logs import quiet_ray_logs
+from raysegment.reaper import end_with_driver
 
-__all__ = ["ensure_ray", "describe_failure", "ActorPlan", "parse_actors", "plan_actors", "cluster_resources"]
+__all__ = ["ensure_ray", "describe_failure", "describe_stall", "StalledRunError", "ActorPlan", "parse_actors",
+           "plan_actors", "cluster_resources"]
 
 log = logging.getLogger("raysegment")
 
@@ -47,10 +49,12 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> bo
         kwargs["address"] = address
     quiet = quiet_ray_logs()  # Ray's known-harmless notices go to a log file, from the start on
     try:
-        ray.init(**kwargs)
+        context = ray.init(**kwargs)
     except ConnectionError as exc:
         what = "cannot start a local Ray" if local else f"cannot join Ray cluster at {address!r}"
         raise ConnectionError(f"{what}: {_first_line(str(exc))}") from None
+    if local:  # a SIGKILLed driver would leave Ray's agents running for a minute (raysegment/reaper.py)
+        end_with_driver(context.address_info["session_dir"])
     quiet.attach()
     log.info("Ray's known-harmless notices are written to %s", quiet.path)
     _quiet_ray_data()
@@ -191,6 +195,39 @@ def describe_failure(exc: BaseException) -> str:
     except Exception:  # a malformed message must not hide the error it describes
         line = None
     return _ANSI.sub("", line or _first_line(str(exc)) or type(exc).__name__)
+
+
+class StalledRunError(RuntimeError):
+    """No stage of a run made progress for its stall timeout; ``--resume`` finishes what is left."""
+
+
+_STAGE = re.compile(r"^\s*-\s*(?P<name>.+?): (?P<active>\d+) active task\(s\), (?P<done>\d+) finished", re.M)
+
+
+def describe_stall(exc: BaseException, timeout: float) -> str | None:
+    """One line for Ray Data's no-progress guard (``ExecutionTimeoutError``, possibly wrapped),
+    naming the stage that holds the run up: the first one whose tasks run but never finish (a
+    hung read, a stuck model), else, when no task runs at all, the first one (it cannot get a
+    CPU or GPU: the deadlock of a pool that took every core). None for any other failure."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if type(exc).__name__ == "ExecutionTimeoutError":
+            break
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    if exc is None or type(exc).__name__ != "ExecutionTimeoutError":
+        return None
+    stages = [(m["name"].strip(), int(m["active"])) for m in _STAGE.finditer(_ANSI.sub("", str(exc)))]
+    waiting = [name for name, active in stages if active == 0]
+    busy = [f"{name} ({active} task(s) running)" for name, active in stages if active]
+    if busy:  # the most upstream stage whose tasks run but never finish (a hung read, a stuck model)
+        what = f"stage {busy[0]} did not finish a task"
+    elif waiting:  # nothing runs at all: the first stage could not get a CPU or GPU
+        what = f"stage {waiting[0]} got no task running (no free CPU or GPU for it)"
+    else:
+        what = "no stage reported progress"
+    return (f"no progress for {timeout:.0f} s (--stall-timeout): {what}; still running: "
+            f"{', '.join(name for name, _ in stages) or 'none'}. Rerun with --resume to finish the rest")
 
 
 def _describe(exc: BaseException) -> str | None:

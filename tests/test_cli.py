@@ -58,7 +58,8 @@ def test_fatal_errors_are_one_line(args: list[str], words: list[str], em_images:
 
 
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
-    for args in (["infer", "a", "b", "--actors", "3:1"], ["infer", "a", "b", "--batch-size", "0"], ["infer"]):
+    for args in (["infer", "a", "b", "--actors", "3:1"], ["infer", "a", "b", "--batch-size", "0"], ["infer"],
+                 ["infer", "a", "b", "--max-decode-memory", "lots"]):
         proc = cli(*args)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr and "Usage:" in proc.stderr
 
@@ -66,7 +67,8 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
 def test_help_shows_every_option_with_default() -> None:
     text = cli("infer", "--help").stdout
     for option, default in [("--batch-size", "8"), ("--shard-size", "256"), ("--precision", "fp32"),
-                            ("--actors", "one per GPU, else 1"), ("--address", "embedded local Ray")]:
+                            ("--actors", "one per GPU, else 1"), ("--address", "embedded local Ray"),
+                            ("--stall-timeout", "300.0"), ("--max-decode-memory", "half the worker's memory")]:
         assert option in text and f"default: {default}" in " ".join(text.split()), option
 
 

@@ -25,11 +25,16 @@ HARMLESS = [
     "be removed after January 2027.",
     "  self.exclude_resources = exclude_resources",
     "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.",
+    "Execution plan of Dataset dataset_0358_0: InputDataBuffer[Input] -> TaskPoolMapOperator[MapBatches(load_windows)]",
+    "\u2714\ufe0f  Dataset dataset_0358FfqvX_0 execution finished in 5.01 seconds",
+    "Reporting training result 3: TrainingReport(checkpoint=Checkpoint(filesystem=local, path=/r/x), metrics={})",
+    "Checkpoint successfully created at: Checkpoint(filesystem=local, path=/r/checkpoint_2026)",
 ]
 REAL = [
     "Ray task MapBatches(decode_batch) failed: ValueError: bad input",
     "The Ray cluster has no GPU; running on CPU",
     "Task failed due to out of memory: exclude_resources were 2 CPU",
+    "Dataset dataset_12 failed: cannot read s3://b/x.tif",
 ]
 
 

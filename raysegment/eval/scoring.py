@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from raysegment.errors import ItemError
-from raysegment.io.vector_labels import cached_vector_labels, rasterize_window, read_vector_labels
+from raysegment.io.vector_labels import as_affine, cached_vector_labels, rasterize_window, read_vector_labels
 from raysegment.train.data import apply_value_map
 
 __all__ = ["STRIP_PIXELS", "VectorTruth", "parse_region_spec", "region_boxes", "region_mask", "score_pixels",
@@ -60,9 +60,7 @@ def parse_region_spec(spec: str) -> Any:
 def _row_transform(row: Mapping[str, Any]) -> Any:
     if not row.get("transform"):
         return None
-    from affine import Affine
-
-    return Affine(*list(row["transform"])[:6])
+    return as_affine(row["transform"])
 
 
 def region_boxes(region: Any, shape: tuple[int, ...], row: Mapping[str, Any]) -> list[Box] | None:

@@ -1,7 +1,9 @@
 """Per-band statistics of a dataset, on Ray, in bounded memory: what ``--normalize`` needs.
 
 ``raysegment stats INPUT`` (and ``raysegment train`` when its normalisation needs them) lists
-the items, and each Ray task decodes a few, one at a time, into a :class:`BandStats`: per band
+the items, and each Ray task reads a few, one at a time and each by strips of at most
+:data:`~raysegment.io.scenes.base.STRIP_PIXELS` pixels where the format can be read by range
+(GeoTIFF/COG, TIFF, NIfTI: a scene larger than memory never lives whole), into a :class:`BandStats`: per band
 the count, min, max, mean and variance (merged exactly with Chan et al.'s parallel formula, in
 float64) and a KLL quantile sketch (Apache DataSketches), whose size does not grow with the
 data. The driver merges the tasks' partial statistics, so memory is a few sketches whatever
@@ -21,12 +23,13 @@ from typing import Any
 import numpy as np
 
 from raysegment.errors import InputSpecError, describe_error
-from raysegment.io.decoders import DecodeLimits, decode
+from raysegment.io.decoders import DecodeLimits
+from raysegment.io.scenes.base import open_scene, strip_windows
 from raysegment.io.sources import list_inputs
 from raysegment.plugin.types import Modality
 from raysegment.progress import progress
 from raysegment.runtime import ensure_ray
-from raysegment.uri import read_bytes, redact
+from raysegment.uri import redact
 
 __all__ = ["BandStats", "compute_stats", "PERCENTILE_GRID"]
 
@@ -137,7 +140,9 @@ def _stats_batch(batch: dict[str, np.ndarray], *, modality: Modality, limits: De
     stats, ok, problems = BandStats(), 0, []
     for uri in batch["uri"]:
         try:
-            stats.update(decode(str(uri), read_bytes(str(uri), storage_options), modality, limits).data)
+            with open_scene(str(uri), storage_options, modality, limits) as scene:
+                for strip in strip_windows(scene.info.shape):
+                    stats.update(scene.read(strip))
             ok += 1
         except Exception as exc:
             problems.append(f"{redact(str(uri))}: {describe_error(exc)}")

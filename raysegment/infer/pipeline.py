@@ -23,13 +23,14 @@ from raysegment.infer.scene_merger import GeoOutputOptions, SceneMerger
 from raysegment.infer.stages import PredictOptions, Predictor, decode_batch, encode_batch
 from raysegment.infer.tiled_stages import Tiling, plan_scene_windows, read_windows
 from raysegment.io.decoders import DecodeLimits
-from raysegment.io.sources import Shard, list_inputs, listing_digest, make_shards
+from raysegment.io.sources import Shard, list_inputs, listing_digest, make_shards, refuse_output_inside_input
+from raysegment.output.lease import Lease
 from raysegment.output.root import OutputError, OutputRoot, RunManifest
 from raysegment.output.sink import IncompleteOutputError, ShardedParquetSink
 from raysegment.plugin.contract import Modality
 from raysegment.plugin.spec import ModelSpec, resolve_model
 from raysegment.progress import progress
-from raysegment.runtime import ActorPlan, cluster_resources, ensure_ray, plan_actors
+from raysegment.runtime import ActorPlan, StalledRunError, cluster_resources, describe_stall, ensure_ray, plan_actors
 from raysegment.tasks.spec import task_spec
 from raysegment.uri import redact
 
@@ -61,6 +62,7 @@ class InferenceConfig:
     precision: str = "fp32"
     channels_last: bool = False
     max_pixels: int = DecodeLimits().max_pixels
+    max_decode_memory: int | None = None  # bytes one item may take to decode; None: from the worker's memory and the batch
     storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # never logged
     # -- tiled sliding-window inference (scenes and volumes) --
     tile: int | tuple[int, ...] | None = None  # None: the plugin's default_tile (volumes), else untiled
@@ -68,6 +70,7 @@ class InferenceConfig:
     blend: str = "gaussian"  # gaussian | linear | constant
     mask_raster: bool = False  # also write a COG label raster per 2D scene under OUTPUT/_masks/
     polygons: bool = False  # also write a GeoParquet polygon layer per 2D scene under OUTPUT/_polygons/
+    stall_timeout: float = 300.0  # seconds with no progress in any stage before the run fails; <= 0: never
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -120,6 +123,7 @@ class _Plan:
     shards: list[Shard]
     pending: list[Shard]
     num_items: int
+    lease: Lease
     tiling: Tiling | None = None
 
 
@@ -128,6 +132,7 @@ def _plan(config: InferenceConfig) -> _Plan:
     config.validate()
     spec = resolve_model(config.model, config.params, config.checkpoint, config.storage_options)
     tiling = _tiling(config, spec)
+    refuse_output_inside_input(config.input, config.output, config.storage_options)  # before listing it
     uris = list_inputs(config.input, config.storage_options)
     shards = make_shards(uris, config.shard_size)
     root = OutputRoot(config.output, config.storage_options)
@@ -141,11 +146,15 @@ def _plan(config: InferenceConfig) -> _Plan:
         model=spec.info(),
         tiling=tiling.to_json() if tiling else None,
     )
-    root.prepare(manifest, resume=config.resume, overwrite=config.overwrite)
-    done = root.committed(shards) if config.resume else set()
-    pending = [s for s in shards if s.id not in done]
-    root.clear_staging([s.id for s in pending])
-    return _Plan(spec, root, shards, pending, len(uris), tiling)
+    lease = root.prepare(manifest, resume=config.resume, overwrite=config.overwrite)
+    try:
+        done = root.committed(shards, lease.run_id) if config.resume else set()
+        pending = [s for s in shards if s.id not in done]
+        root.clear_staging([s.id for s in pending])
+    except BaseException:
+        lease.release()
+        raise
+    return _Plan(spec, root, shards, pending, len(uris), lease, tiling)
 
 
 def _tiling(config: InferenceConfig, spec: ModelSpec) -> Tiling | None:
@@ -186,7 +195,7 @@ def _build_tiled_dataset(config: InferenceConfig, plan: _Plan, actors: ActorPlan
     """scenes -> windows (fan-out) -> read -> Predictor -> SceneMerger (fan-in, one actor)."""
     import ray.data
 
-    limits = DecodeLimits(max_pixels=config.max_pixels)
+    limits = DecodeLimits(config.max_pixels, config.max_decode_memory, config.batch_size, whole_input=False)
     common = {"spec": plan.spec, "limits": limits, "storage_options": config.storage_options}
     ds = ray.data.read_datasource(ShardDatasource(plan.pending, config.storage_options),
                                   override_num_blocks=len(plan.pending))
@@ -217,7 +226,7 @@ def _build_dataset(config: InferenceConfig, plan: _Plan, actors: ActorPlan):
 
     if plan.tiling is not None:
         return _build_tiled_dataset(config, plan, actors)
-    limits = DecodeLimits(max_pixels=config.max_pixels)
+    limits = DecodeLimits(config.max_pixels, config.max_decode_memory, config.batch_size)
     source = ShardDatasource(plan.pending, config.storage_options)
     ds = ray.data.read_datasource(source, override_num_blocks=len(plan.pending))
     ds = ds.map_batches(
@@ -247,6 +256,17 @@ def run_inference(config: InferenceConfig) -> RunSummary:
     """
     start = time.perf_counter()
     plan = _plan(config)
+    # One writer per output: the lease is renewed while the run writes, released at the end.
+    with plan.lease.heartbeat():
+        try:
+            summary = _execute(config, plan, start)
+        finally:
+            plan.lease.release()
+    return summary
+
+
+def _execute(config: InferenceConfig, plan: _Plan, start: float) -> RunSummary:
+    """Run the pending shards on Ray, check the output holds each item once, and finish it."""
     skipped = len(plan.shards) - len(plan.pending)
     pipeline_seconds = 0.0
     actors_text = "none (nothing to do)"
@@ -262,16 +282,28 @@ def run_inference(config: InferenceConfig) -> RunSummary:
             todo = sum(len(s.uris) for s in plan.pending)
             log.info("%d item(s) in %d shard(s) to do; %s", todo, len(plan.pending), actors_text)
             expected = {s.id: range(s.start, s.start + len(s.uris)) for s in plan.pending}
-            sink = ShardedParquetSink(config.output, expected, config.storage_options)
+            sink = ShardedParquetSink(config.output, expected, config.storage_options, plan.lease.fence())
             t0 = time.perf_counter()
             # Items done = rows the sink has written, polled from the output (the writes run in Ray).
             with progress(todo, "infer") as bar, bar.follow(sink.rows_written, PROGRESS_POLL_S):
-                _build_dataset(config, plan, actors).write_datasink(sink)
+                ds = _build_dataset(config, plan, actors)  # inside: the dataset copies the bar's Ray Data settings
+                # The progress watchdog is Ray Data's own: no stage takes an output or moves a block
+                # for stall_timeout s -> ExecutionTimeoutError, turned into one line naming the stages.
+                ds.context.execution_no_progress_timeout_s = config.stall_timeout if config.stall_timeout > 0 else -1
+                try:
+                    ds.write_datasink(sink)
+                except Exception as exc:
+                    stalled = describe_stall(exc, config.stall_timeout)
+                    if stalled is None:
+                        raise
+                    raise StalledRunError(stalled) from None
             pipeline_seconds = time.perf_counter() - t0
         finally:
             if started:
                 ray.shutdown()
-    rows_total, ok, distinct = plan.root.status_counts()
+    rows_total, ok, distinct, foreign = plan.root.status_counts(plan.lease.run_id)
+    if foreign:
+        raise IncompleteOutputError(f"output holds {foreign} row(s) another run committed; rerun with --resume")
     if rows_total != plan.num_items or distinct != plan.num_items:
         raise IncompleteOutputError(
             f"output holds {rows_total} row(s) for {distinct} distinct item(s), expected {plan.num_items}"
@@ -288,5 +320,5 @@ def run_inference(config: InferenceConfig) -> RunSummary:
         pipeline_seconds=pipeline_seconds,
         actors=actors_text,
     )
-    plan.root.finish(summary.as_dict())
+    plan.root.finish(summary.as_dict(), plan.lease)
     return summary

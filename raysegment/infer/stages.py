@@ -22,12 +22,13 @@ import pyarrow as pa
 
 from raysegment.errors import describe_error, stage_failed
 from raysegment.io.decoders import DecodeLimits, decode
+from raysegment.io.entries import read_item
 from raysegment.io.payload import pack, unpack
 from raysegment.output.schema import OUTPUT_SCHEMA, SCENE_COLUMNS
 from raysegment.plugin.padding import pad_to_multiple
 from raysegment.plugin.spec import ModelSpec
 from raysegment.tasks.spec import task_spec
-from raysegment.uri import read_bytes, redact
+from raysegment.uri import redact
 
 __all__ = ["PredictOptions", "decode_batch", "Predictor", "encode_batch"]
 
@@ -55,7 +56,7 @@ def decode_batch(
     inline = batch["inline"] if "inline" in batch else np.zeros(n, dtype=bool)
     for i, uri in enumerate(batch["uri"]):
         try:
-            data = batch["data"][i] if inline[i] else read_bytes(uri, storage_options)
+            data = batch["data"][i] if inline[i] else read_item(uri, storage_options)  # a bad link: its own line
             sample = decode(uri, data, plugin.modality, limits)
             image = spec.preprocess(sample)  # the run's normalisation, then the plugin's preprocess
             h, w = int(sample.meta.get("height", image.shape[-2])), int(sample.meta.get("width", image.shape[-1]))
@@ -221,6 +222,6 @@ def encode_batch(batch: Batch, *, spec: ModelSpec) -> pa.Table:
         rows["model"].append(model)
         rows["segments"].append(segments)
         rows["meta"].append(meta_text if meta_text else None)
-        for name in SCENE_COLUMNS:
+        for name in (*SCENE_COLUMNS, "run_id"):  # run_id: stamped by the sink
             rows[name].append(None)
     return pa.Table.from_pydict(rows, schema=OUTPUT_SCHEMA)

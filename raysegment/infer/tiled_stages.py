@@ -27,7 +27,7 @@ from raysegment.errors import describe_error
 from raysegment.io.decoders import DecodeLimits
 from raysegment.io.payload import pack
 from raysegment.io.scenes.base import SceneInfo, SceneReader, open_scene
-from raysegment.plugin.contract import InputError, Modality, Sample, SegmentationModel
+from raysegment.plugin.contract import Modality, Sample, SegmentationModel
 from raysegment.plugin.spec import ModelSpec
 from raysegment.tiling.plan import BLEND_MODES, TilePlan, Window, validate_tiling
 
@@ -125,18 +125,6 @@ def scene_json(info: SceneInfo, tiling: Tiling) -> str:
     return json.dumps({"info": dataclasses.asdict(info), "tiling": tiling.to_json()}, sort_keys=True)
 
 
-def _check_model_takes(spec: ModelSpec, info: SceneInfo) -> None:
-    """Ask the run's normalisation and the plugin's own ``preprocess`` about a one-pixel scene of
-    this band count and dtype, so a scene it cannot take is one error row, not one failed read per window."""
-    plugin = spec.plugin()
-    spatial = (1,) * len(info.shape)
-    if plugin.modality is Modality.VOLUME and len(info.shape) != 3:
-        raise InputError(f"{info.format} input is 2D but {type(plugin).__name__} takes volumes")
-    if plugin.modality is not Modality.VOLUME and len(info.shape) != 2:
-        raise InputError(f"{info.format} input is a volume but the model takes 2D images")
-    spec.preprocess(Sample(np.zeros((*spatial, info.bands), dtype=info.dtype), meta={}))
-
-
 def plan_scene_windows(
     batch: Batch, *, spec: ModelSpec, tiling: Tiling, limits: DecodeLimits, storage_options: dict[str, Any] | None = None
 ) -> Batch:
@@ -154,7 +142,7 @@ def plan_scene_windows(
         try:
             with open_scene(str(uri), storage_options, plugin.modality, limits) as reader:
                 info = reader.info
-            _check_model_takes(spec, info)
+            spec.check_takes(len(info.shape), info.bands, info.dtype, f"{info.format} input")
             plan = scene_plan(info.shape, tiling)
             text = scene_json(info, tiling)
         except Exception as exc:

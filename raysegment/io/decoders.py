@@ -6,8 +6,13 @@ image decoders (PNG/JPEG through Pillow, TIFF through tifffile) return
 channels-last (H, W, C) arrays with the source dtype kept.
 
 Inputs come from untrusted storage, so sizes are checked from the header before
-any pixel data is decoded, and corrupt or truncated files fail with a
-:class:`DecodeError` instead of yielding partial pixels.
+any pixel data is decoded (the pixel count, and the memory the item would take against
+this worker's budget, :mod:`raysegment.io.decode_budget`), and corrupt or truncated files
+fail with a :class:`DecodeError` instead of yielding partial pixels.
+
+A manifest may point at any file the worker can read, so no message quotes a file's
+content: a wrong signature is named by the format it shows (or as unrecognised), and
+byte strings in library messages are cut out (:func:`without_content`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import math
+import re
 import threading
 from collections.abc import Callable, Iterable
 
@@ -23,6 +30,14 @@ import tifffile
 from PIL import Image, JpegImagePlugin, PngImagePlugin
 
 from raysegment.errors import ItemError, exception_text
+from raysegment.io.decode_budget import (
+    Footprint,
+    ItemBudget,
+    array_footprint,
+    item_budget,
+    over_budget_message,
+    pillow_footprint,
+)
 from raysegment.plugin.contract import Modality, Sample
 from raysegment.table import Table
 from raysegment.uri import extension
@@ -37,6 +52,8 @@ __all__ = [
     "decode",
     "supported_extensions",
     "check_pixel_limit",
+    "check_decode_budget",
+    "without_content",
     "tiff_image_series",
     "TiffWarnings",
     "check_tiff_extents",
@@ -48,9 +65,31 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class DecodeLimits:
-    """Resource limits applied before decoding, against decompression bombs."""
+    """Resource limits applied from the header, before decoding, against decompression bombs.
+
+    Both apply: ``max_pixels`` caps what any header may claim; the memory budget caps what one
+    item may take on the worker that decodes it, which pixels alone do not (a palette PNG of
+    19000x19000 is 361 Mpx and 14 GB once it is a packed float32 model input). The budget is
+    ``max_decode_memory`` when given, else derived on the worker from its memory, its CPUs and
+    ``batch_size`` (:func:`raysegment.io.decode_budget.item_budget`).
+    """
 
     max_pixels: int = 20_000 * 20_000
+    max_decode_memory: int | None = None  # bytes one item may take; None: from the worker's memory and the batch
+    batch_size: int = 1  # items a decode task holds at once
+    #: The whole item becomes one float32 model input (untiled inference, training); False where
+    #: only windows of it do (tiled inference of formats that are decoded whole, PNG/JPEG).
+    whole_input: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_decode_memory is not None and self.max_decode_memory < 1:
+            raise ValueError(f"--max-decode-memory must be at least 1 byte, got {self.max_decode_memory}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    def item_budget(self) -> ItemBudget:
+        """This worker's budget for one item (read where the decode runs, not on the driver)."""
+        return item_budget(self.batch_size, self.max_decode_memory)
 
 
 Decoder = Callable[[bytes, str, DecodeLimits], Sample]
@@ -140,6 +179,44 @@ def check_pixel_limit(width: int, height: int, limits: DecodeLimits) -> None:
         )
 
 
+def check_decode_budget(need: Footprint, limits: DecodeLimits, fmt: str, *, windowed: bool) -> None:
+    """Refuse an item whose header says it needs more memory than this worker's per-item budget
+    (call before decoding). ``windowed``: tiled inference can read ``fmt`` by window."""
+    budget = limits.item_budget()
+    if need.peak(limits.whole_input) > budget.bytes:
+        raise DecodeError(over_budget_message(fmt, need, budget, whole_input=limits.whole_input, windowed=windowed,
+                                              batch_size=limits.batch_size))
+
+
+_BYTES_LITERAL = re.compile(r"(?<!\w)b'(?:[^'\\]|\\.)*'" + r'|(?<!\w)b"(?:[^"\\]|\\.)*"')
+
+
+def without_content(text: str) -> str:
+    """``text`` with every Python byte-string literal (``b'root:$6$...'``) cut out: libraries
+    quote file bytes in their messages (tifffile: ``not a TIFF file: header=b'root'``)."""
+    return _BYTES_LITERAL.sub("<bytes>", text)
+
+
+def _library_text(exc: BaseException) -> str:
+    return without_content(exception_text(exc))
+
+
+#: Signatures named when a file is not what its decoder takes (the format only, never bytes).
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+    (b"II+\x00", "BigTIFF"), (b"MM\x00+", "BigTIFF"), (b"GIF8", "GIF"), (b"\x1f\x8b", "gzip"),
+    (b"PK\x03\x04", "ZIP"), (b"%PDF", "PDF"),
+)
+
+
+def _signature_text(data: bytes) -> str:
+    """What the first bytes say the file is, without quoting them."""
+    found = next((name for magic, name in _SIGNATURES if data.startswith(magic)), None)
+    if data[8:12] == b"WEBP" and data.startswith(b"RIFF"):
+        found = "WebP"
+    return f"its signature says {found}" if found else f"unrecognised file signature ({len(data):,} bytes)"
+
+
 def _native(array: np.ndarray) -> np.ndarray:
     return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
 
@@ -171,21 +248,22 @@ def decode_pillow(data: bytes, uri: str, limits: DecodeLimits) -> Sample:
     elif data.startswith(_JPEG_MAGIC):
         fmt, plugin = "JPEG", JpegImagePlugin.JpegImageFile
     else:
-        raise DecodeError(f"not a valid PNG/JPEG image: unrecognized file signature {data[:8]!r}")
+        raise DecodeError(f"not a valid PNG/JPEG image: {_signature_text(data)}")
     try:
         image: Image.Image = plugin(io.BytesIO(data))
     except Exception as exc:
-        raise DecodeError(f"not a valid PNG/JPEG image: {fmt} header unreadable ({exception_text(exc)})") from exc
+        raise DecodeError(f"not a valid PNG/JPEG image: {fmt} header unreadable ({_library_text(exc)})") from exc
     with image:
         width, height = image.size
         check_pixel_limit(width, height, limits)
         mode = image.mode
+        check_decode_budget(pillow_footprint(width, height, mode, _CONVERT.get(mode)), limits, fmt, windowed=False)
         try:
             image.load()  # LOAD_TRUNCATED_IMAGES stays False: truncation raises here
             target = _CONVERT.get(mode)
             array = np.array(image.convert(target) if target else image)
         except Exception as exc:
-            raise DecodeError(f"corrupt or truncated {fmt} file: {exception_text(exc)}") from exc
+            raise DecodeError(f"corrupt or truncated {fmt} file: {_library_text(exc)}") from exc
     if mode == "I" and fmt == "PNG":  # 16-bit grayscale from Pillows that say "I", not "I;16"
         array = array.astype(np.uint16)
     array = _native(array)
@@ -195,6 +273,7 @@ def decode_pillow(data: bytes, uri: str, limits: DecodeLimits) -> Sample:
 
 
 # -- TIFF (tifffile) --------------------------------------------------------------------
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 _BAND_AXES = set("SCIQ")  # samples, channels, and generic page axes all become bands
 _CORRUPTION_HINTS = ("invalid page offset", "invalid value offset", "failed to reshape", "missing data", "corrupt", "truncat")
 
@@ -214,7 +293,7 @@ class TiffWarnings(logging.Handler):
     def raise_if_corrupt(self) -> None:
         for message in self.messages:
             if any(hint in message.lower() for hint in _CORRUPTION_HINTS):
-                raise DecodeError(f"corrupt or truncated TIFF file: {message}")
+                raise DecodeError(f"corrupt or truncated TIFF file: {without_content(message)}")
 
 
 def check_tiff_extents(pages: Iterable[object], size: int) -> None:
@@ -235,7 +314,7 @@ def tiff_image_series(tiff: tifffile.TiffFile) -> tuple[tifffile.TiffPageSeries,
     try:
         series = tiff.series[0] if tiff.series else None
     except Exception as exc:
-        raise DecodeError(f"corrupt TIFF file: {exception_text(exc)}") from exc
+        raise DecodeError(f"corrupt TIFF file: {_library_text(exc)}") from exc
     if series is None:
         raise DecodeError("TIFF file holds no image")
     axes, shape = series.axes, tuple(series.shape)
@@ -251,6 +330,8 @@ def decode_tiff(data: bytes, uri: str, limits: DecodeLimits) -> Sample:
     """TIFF with any band count, contiguous or planar, as (H, W, bands)."""
     if not data:
         raise DecodeError("empty file (0 bytes)")
+    if not data.startswith(_TIFF_MAGIC):
+        raise DecodeError(f"not a valid TIFF image: {_signature_text(data)}")
     logger = logging.getLogger("tifffile")
     records = TiffWarnings()
     logger.addHandler(records)
@@ -258,17 +339,20 @@ def decode_tiff(data: bytes, uri: str, limits: DecodeLimits) -> Sample:
         try:
             tiff = tifffile.TiffFile(io.BytesIO(data))
         except Exception as exc:
-            raise DecodeError(f"not a valid TIFF image: {exception_text(exc)}") from exc
+            raise DecodeError(f"not a valid TIFF image: {_library_text(exc)}") from exc
         with tiff:
             series, axes, shape = tiff_image_series(tiff)
             height, width = shape[axes.index("Y")], shape[axes.index("X")]
             check_pixel_limit(width, height, limits)
+            if series.dtype is not None:  # None: a sample format asarray refuses below
+                need = array_footprint((height, width), math.prod(shape) // (height * width), series.dtype)
+                check_decode_budget(need, limits, "TIFF", windowed=True)
             records.raise_if_corrupt()
             check_tiff_extents(series.pages, len(data))
             try:
                 array = np.asarray(series.asarray())
             except Exception as exc:
-                raise DecodeError(f"corrupt or truncated TIFF file: {exception_text(exc)}") from exc
+                raise DecodeError(f"corrupt or truncated TIFF file: {_library_text(exc)}") from exc
             records.raise_if_corrupt()
     finally:
         logger.removeHandler(records)

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from raysegment.errors import InputSpecError
+from raysegment.io.vector_labels import as_affine, geometry_pixel_boxes, is_vector_labels, read_vector_labels
 
 __all__ = ["Box", "Region", "parse_region", "boxes_overlap", "box_pixels"]
 
@@ -76,18 +77,10 @@ class Region:
         if len(shape) != 2:
             raise InputSpecError(f"region {self.text!r} is a map region; the scene is {len(shape)}D")
         if self.kind == "bbox":
-            return _kept([_bbox_pixels(self.values, _affine(transform))], shape)
-        from raysegment.io.vector_labels import geometry_pixel_boxes, read_vector_labels
-
+            return _kept([_bbox_pixels(self.values, as_affine(transform))], shape)
         labels = read_vector_labels(str(self.uri), crs, storage_options=storage_options)
-        boxes = [((r0, r1), (c0, c1)) for r0, c0, r1, c1 in geometry_pixel_boxes(labels, _affine(transform), shape)]
+        boxes = [((r0, r1), (c0, c1)) for r0, c0, r1, c1 in geometry_pixel_boxes(labels, as_affine(transform), shape)]
         return _kept(boxes, shape)
-
-
-def _affine(transform: Any) -> Any:
-    from affine import Affine
-
-    return transform if isinstance(transform, Affine) else Affine(*[float(v) for v in tuple(transform)[:6]])
 
 
 def _bbox_pixels(values: Sequence[float], transform: Any) -> Box:
@@ -150,8 +143,6 @@ def parse_region(spec: str) -> Region:
         if len(values) not in (4, 6) or any(v != int(v) or v < 0 for v in values):
             raise InputSpecError(f"region {text!r}: expected 4 (2D) or 6 (volume) whole numbers >= 0")
         return Region("pixels", text, values=values)
-    from raysegment.io.vector_labels import is_vector_labels
-
     if not is_vector_labels(text):
         raise InputSpecError(f"region {text!r} is not one of {FORMS}")
     return Region("vector", text, uri=text)

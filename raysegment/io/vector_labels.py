@@ -178,10 +178,11 @@ def burn_dtype(labels: Any, label_field: str | None = None, fill: int = 0, defau
     return np.dtype(np.uint8) if 0 <= lo and hi <= 255 else np.dtype(np.int32)
 
 
-def _affine(transform: Any) -> Any:
+def as_affine(transform: Any) -> Any:
+    """An ``affine.Affine`` from one, or from its first six numbers (as rows and checkpoints store it)."""
     from affine import Affine
 
-    return transform if isinstance(transform, Affine) else Affine(*list(transform)[:6])
+    return transform if isinstance(transform, Affine) else Affine(*[float(v) for v in tuple(transform)[:6]])
 
 
 def rasterize_window(labels: Any, transform: Any, window: tuple[int, int, int, int], label_field: str | None = None,
@@ -204,7 +205,7 @@ def rasterize_window(labels: Any, transform: Any, window: tuple[int, int, int, i
     out_shape = (max(height, 0), max(width, 0))
     if out_shape[0] == 0 or out_shape[1] == 0 or len(labels) == 0:
         return np.full(out_shape, fill, dtype=dtype)
-    win_transform = _affine(transform) @ Affine.translation(col0, row0)
+    win_transform = as_affine(transform) @ Affine.translation(col0, row0)
     corners = [win_transform @ xy for xy in ((0, 0), (width, 0), (0, height), (width, height))]
     xs, ys = [c[0] for c in corners], [c[1] for c in corners]
     hits = np.sort(labels.sindex.query(box(min(xs), min(ys), max(xs), max(ys)), predicate="intersects"))
@@ -224,7 +225,7 @@ def geometry_pixel_boxes(labels: Any, transform: Any, shape: Sequence[int]) -> l
     geometries wholly outside the scene give no box.
     """
     height, width = int(shape[-2]), int(shape[-1])
-    inverse = ~_affine(transform)
+    inverse = ~as_affine(transform)
     boxes = []
     for minx, miny, maxx, maxy in labels.geometry.bounds.itertuples(index=False, name=None):
         pixels = [inverse @ xy for xy in ((minx, miny), (minx, maxy), (maxx, miny), (maxx, maxy))]

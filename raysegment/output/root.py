@@ -1,7 +1,8 @@
 """The output root: its run manifest, resume and overwrite rules, and reading it back.
 
 An output root holds ``part-NNNNNN.parquet`` (one per committed shard),
-``_raysegment.json`` (what produced it) and, once finished, ``_SUCCESS``.
+``_raysegment.json`` (what produced it, with its ``run_id``), ``_lease/`` (which live run
+writes there: one writer per output, see output/lease.py) and, once finished, ``_SUCCESS``.
 Names starting with ``_`` are skipped by pyarrow and pandas dataset readers,
 so ``pd.read_parquet(root)`` sees exactly the committed rows; DuckDB does not
 skip them, so read ``root/part-*.parquet`` there.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -24,9 +26,10 @@ from raysegment import __version__
 from raysegment.errors import InputSpecError
 from raysegment.io.sources import Shard
 from raysegment.output.atomic import write_atomic
+from raysegment.output.lease import LEASE_FOLDER, Lease, LeaseHeld, acquire_lease, lease_holder, new_run_id
 from raysegment.output.schema import OUTPUT_SCHEMA, SCHEMA_VERSION
 from raysegment.output.sink import STAGING, part_name, staging_dir
-from raysegment.uri import redact
+from raysegment.uri import redact, refuse_credentials
 
 __all__ = ["OutputError", "OutputRoot", "RunManifest", "read_output"]
 
@@ -36,6 +39,8 @@ SUCCESS = "_SUCCESS"
 #: keeps them out of a Parquet dataset read of the output root (pyarrow, pandas, Ray skip it).
 MASKS_FOLDER, POLYGONS_FOLDER = "_masks", "_polygons"
 SIDECAR_FOLDERS = (MASKS_FOLDER, POLYGONS_FOLDER)
+
+log = logging.getLogger("raysegment")
 
 
 class OutputError(ValueError):
@@ -75,6 +80,7 @@ class OutputRoot:
             raise OutputError("output is empty: no output path given")
         self.url = url
         self.shown = redact(url)
+        refuse_credentials(url)  # before anything can echo it
         try:
             self.fs, self.path = fsspec.core.url_to_fs(url, **(storage_options or {}))
         except (ImportError, ValueError) as exc:
@@ -107,32 +113,69 @@ class OutputRoot:
             return None
         return count if isinstance(count, int) else None
 
-    def committed(self, shards: Sequence[Shard]) -> set[int]:
-        names = set(self._entries())
-        return {s.id for s in shards if part_name(s.id) in names}
+    def committed(self, shards: Sequence[Shard], run_id: str) -> set[int]:
+        """Shards whose part file exists and whose every row is the run ``run_id``'s.
 
-    def prepare(self, manifest: RunManifest, *, resume: bool, overwrite: bool) -> None:
-        """Check the root before any work starts, and claim it by writing the manifest."""
+        A part another run left (one that lost the output, or an older run) is not done.
+        """
+        names = set(self._entries())
+        present = {s.id for s in shards if part_name(s.id) in names}
+        if not present:
+            return set()
+        table = self.read(columns=["shard", "run_id"])
+        foreign = set(table.filter(pc.invert(pc.fill_null(pc.equal(table.column("run_id"), run_id), False)))
+                      .column("shard").to_pylist())
+        return present - foreign
+
+    def prepare(self, manifest: RunManifest, *, resume: bool, overwrite: bool) -> Lease:
+        """Check the root before any work starts, take its lease, and write the manifest.
+
+        A fresh or ``--overwrite`` run gets a new run id; ``--resume`` keeps the output's.
+        Another live run holding the output fails here in one line (LeaseHeld), whatever the
+        flags. The caller keeps the returned lease renewed while it writes, then releases it.
+        """
         self.fs.invalidate_cache()
         if self.fs.exists(self.path) and not self.fs.isdir(self.path):
             raise OutputError(f"output {self.shown} exists and is a file, not a directory")
         entries = self._entries()
+        old: dict[str, Any] = {}
         if entries:
             if MANIFEST not in entries:
                 raise OutputError(f"output {self.shown} is not empty and holds no raysegment run; choose a new path")
-            if overwrite:
-                self._clear(entries)
-            elif resume:
-                self._check_same_run(manifest)
-            else:
+            if not (overwrite or resume):
+                holder = lease_holder(self.fs, self.join(LEASE_FOLDER))
+                if holder is not None and holder.free(time.time()) is None:
+                    raise LeaseHeld(f"output {self.shown} is in use by {holder.describe(time.time())}")
                 raise OutputError(f"output {self.shown} already holds a run; pass --resume to finish it or --overwrite")
-        elif resume:
-            pass  # nothing to resume: a fresh run
-        self._write_json(MANIFEST, {**dataclasses.asdict(manifest), "written": time.time()})
+            old = self._read_manifest()
+        run_id = str(old.get("run_id") or "") if resume and not overwrite else ""
+        try:
+            lease = acquire_lease(self.fs, self.join(LEASE_FOLDER), run_id=run_id or new_run_id(),
+                                  shown=f"output {self.shown}", on_takeover=log.warning)
+        except (PermissionError, OSError) as exc:  # the first write: an unwritable output says so here
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise OutputError(f"cannot write output {self.shown}: {reason}") from None
+        try:
+            if entries and overwrite:
+                self._clear(entries)
+            elif entries and resume:
+                self._check_same_run(manifest)
+            self._write_json(MANIFEST, {**dataclasses.asdict(manifest), "run_id": lease.run_id, "written": time.time()})
+        except BaseException:
+            lease.release()
+            raise
+        return lease
+
+    def _read_manifest(self) -> dict[str, Any]:
+        try:
+            with self.fs.open(self.join(MANIFEST), "rb") as f:
+                data = json.loads(f.read())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
 
     def _check_same_run(self, manifest: RunManifest) -> None:
-        with self.fs.open(self.join(MANIFEST), "rb") as f:
-            old = json.loads(f.read())
+        old = self._read_manifest()
         want = manifest.identity()
         for key, value in want.items():
             if old.get(key) != value:
@@ -163,8 +206,11 @@ class OutputRoot:
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise OutputError(f"cannot write output {self.shown}: {reason}") from None
 
-    def finish(self, summary: dict[str, Any]) -> None:
-        """Mark the run complete, then drop the (by now empty) staging area."""
+    def finish(self, summary: dict[str, Any], lease: Lease | None = None) -> None:
+        """Mark the run complete (only while ``lease`` still holds the output), then drop the
+        (by now empty) staging area."""
+        if lease is not None:
+            lease.check()
         self._write_json(SUCCESS, summary)
         try:
             if self.fs.exists(self.join(STAGING)) and not self.fs.find(self.join(STAGING)):
@@ -172,12 +218,18 @@ class OutputRoot:
         except FileNotFoundError:
             pass
 
-    def status_counts(self) -> tuple[int, int, int]:
-        """(rows, ok rows, distinct indices) over every committed part file."""
-        table = self.read(columns=["index", "status"])
+    def status_counts(self, run_id: str | None = None) -> tuple[int, int, int, int]:
+        """(rows, ok rows, distinct indices, rows of another run) over every committed part file.
+
+        With ``run_id``, a row another run committed is counted as foreign, never as done.
+        """
+        table = self.read(columns=["index", "status", "run_id"])
         ok = int(pc.sum(pc.equal(table.column("status"), "ok")).as_py() or 0)
         distinct = len(pc.unique(table.column("index")))
-        return table.num_rows, ok, distinct
+        foreign = 0
+        if run_id is not None:
+            foreign = table.num_rows - int(pc.sum(pc.fill_null(pc.equal(table.column("run_id"), run_id), False)).as_py() or 0)
+        return table.num_rows, ok, distinct, foreign
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
         self.fs.invalidate_cache()

@@ -10,7 +10,7 @@ import pyarrow as pa
 
 __all__ = ["SCHEMA_VERSION", "SEGMENT", "MODEL", "OUTPUT_SCHEMA", "SCENE_COLUMNS", "empty_table"]
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 
 SEGMENT = pa.struct(
     [
@@ -54,6 +54,7 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("nodata", pa.float64()),
         pa.field("affine", pa.list_(pa.float64(), 16)),  # volumes: voxel (i, j, k) -> world, row-major 4x4
         pa.field("spacing", pa.list_(pa.float64(), 3)),  # volumes: voxel size along (depth, height, width)
+        pa.field("run_id", pa.string()),  # the run that committed the row (the output's, in _raysegment.json)
     ],
     metadata={"raysegment.schema_version": SCHEMA_VERSION},
 )

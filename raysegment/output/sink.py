@@ -28,6 +28,7 @@ from ray.data.datasource import Datasink
 from ray.data.datasource.datasink import WriteResult
 
 from raysegment.output.atomic import write_atomic
+from raysegment.output.lease import Fence
 from raysegment.output.schema import OUTPUT_SCHEMA
 
 __all__ = ["ShardedParquetSink", "part_name", "STAGING", "IncompleteOutputError"]
@@ -77,12 +78,16 @@ class ShardedParquetSink(Datasink[list[int]]):
     """Commit each shard as soon as all its rows have been written.
 
     ``expected`` maps shard id -> the item indices the shard must hold.
-    ``write`` returns the shards it committed.
+    ``write`` returns the shards it committed. With a ``fence`` (the run's lease, see
+    output/lease.py) every row is stamped with the run id, only this run's fragments
+    count towards a shard, and each commit first checks the run still holds the output.
     """
 
-    def __init__(self, root: str, expected: Mapping[int, range], storage_options: dict[str, Any] | None = None):
+    def __init__(self, root: str, expected: Mapping[int, range], storage_options: dict[str, Any] | None = None,
+                 fence: Fence | None = None):
         self.layout = _Layout(root, dict(storage_options or {}))
         self.expected = {int(k): v for k, v in expected.items()}
+        self.fence = fence
 
     @property
     def supports_distributed_writes(self) -> bool:
@@ -97,6 +102,9 @@ class ShardedParquetSink(Datasink[list[int]]):
         if not tables:
             return []
         table = pa.concat_tables([t.cast(OUTPUT_SCHEMA) for t in tables])
+        if self.fence is not None:
+            stamp = pa.array([self.fence.run_id] * table.num_rows, pa.string())
+            table = table.set_column(table.schema.get_field_index("run_id"), OUTPUT_SCHEMA.field("run_id"), stamp)
         touched = sorted(set(table.column("shard").to_pylist()))
         for shard in touched:
             part = table.filter(pc.equal(table.column("shard"), shard))
@@ -123,12 +131,17 @@ class ShardedParquetSink(Datasink[list[int]]):
                     fragments.append(pq.read_table(f, schema=OUTPUT_SCHEMA))
             except FileNotFoundError:  # a racing commit already cleaned up
                 return fs.exists(layout.path(part_name(shard)))
-        merged = pa.concat_tables(fragments).sort_by("index")
+        merged = pa.concat_tables(fragments)
+        if self.fence is not None:  # a fragment another run left never counts
+            merged = merged.filter(pc.equal(merged.column("run_id"), self.fence.run_id))
+        merged = merged.sort_by("index")
         indices = merged.column("index").to_numpy()
         keep = [0] + [i for i in range(1, len(indices)) if indices[i] != indices[i - 1]]
         merged = merged.take(keep)
         if merged.column("index").to_pylist() != list(want):
             return False
+        if self.fence is not None:
+            self.fence.check(fs)
         layout.write_atomic(part_name(shard), merged)
         try:
             fs.rm(staging, recursive=True)

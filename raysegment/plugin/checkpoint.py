@@ -4,6 +4,12 @@ A checkpoint records the plugin name and version, its parameters, the class
 names and the training metrics next to the weights, so ``infer --checkpoint``
 needs nothing else. Loading always goes through ``torch.load(weights_only=True)``
 so a checkpoint from an untrusted bucket cannot run code.
+
+When that safe load refuses a file, PyTorch's own message advises re-running with
+``weights_only=False``: the one thing never to do with a file of unknown origin. So
+the refusal is reworded (:func:`unsafe_load_reason`): what the file is (empty,
+truncated, a plain pickle, not a PyTorch file at all, or one that names a Python
+object), and what to pass instead; torch's advice is dropped.
 """
 
 from __future__ import annotations
@@ -11,6 +17,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import pickle
+import re
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,12 +27,21 @@ import fsspec
 import torch
 from torch import nn
 
+from raysegment.errors import InputSpecError, StorageError
 from raysegment.plugin.normalization import Normalization
-from raysegment.uri import redact
+from raysegment.uri import filesystem, redact, refuse_credentials, storage_step
 
-__all__ = ["FORMAT", "Checkpoint", "CheckpointError", "load_checkpoint", "save_checkpoint", "load_weights"]
+__all__ = ["FORMAT", "Checkpoint", "CheckpointError", "load_checkpoint", "save_checkpoint", "load_weights",
+           "unsafe_load_reason"]
 
 FORMAT = "raysegment.checkpoint/1"
+#: torch's text that must not reach the user: the advice to load unsafely, or to allow-list globals.
+_UNSAFE_ADVICE = re.compile(r"weights_only|safe_globals|add_safe_globals|trust|file an issue|documentation|"
+                            r"re-running|do those steps|two options", re.IGNORECASE)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_GLOBAL = re.compile(r"GLOBAL ([A-Za-z_][\w.]*)")
+_ZIP_MAGIC = b"PK\x03\x04"
+_ENFORCE = re.compile(r"\[enforce fail at [^\]]*\]\s*\.?\s*")  # c10's source location: no help to a user
 
 
 class CheckpointError(ValueError):
@@ -68,26 +86,39 @@ def save_checkpoint(
     buf = io.BytesIO()
     torch.save(payload, buf)
     data = buf.getvalue()
-    with fsspec.open(url, "wb", **(storage_options or {})) as f:
+    refuse_credentials(url)
+    with storage_step("write", url, what="checkpoint"), fsspec.open(url, "wb", **(storage_options or {})) as f:
         f.write(data)
     return hashlib.sha256(data).hexdigest()
 
 
-def load_checkpoint(url: str, storage_options: dict[str, Any] | None = None) -> Checkpoint:
-    """Read a raysegment checkpoint, or a bare ``state_dict``, from any fsspec URL."""
+def load_checkpoint(url: str, storage_options: dict[str, Any] | None = None, *, kind: str = "checkpoint") -> Checkpoint:
+    """Read a raysegment checkpoint, or a bare ``state_dict``, from any fsspec URL.
+
+    ``kind`` ("checkpoint", "weights") is what the messages call the file.
+    """
+    shown = redact(url)
     try:
-        with fsspec.open(url, "rb", **(storage_options or {})) as f:
-            data = f.read()
+        fs, path = filesystem(url, storage_options)
+        with storage_step("read", url, what=kind):
+            data = fs.cat_file(path)
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint not found: {redact(url)}") from None
-    except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {redact(url)}: {type(exc).__name__}: {exc}") from None
+        raise CheckpointError(f"{kind} not found: {shown}") from None
+    except (IsADirectoryError, NotADirectoryError):
+        raise CheckpointError(f"{kind} {shown} is a directory, not a file: name the checkpoint file in it") from None
+    except (InputSpecError, StorageError) as exc:
+        raise CheckpointError(str(exc) if isinstance(exc, StorageError) else f"{kind} {exc}") from exc
     digest = hashlib.sha256(data).hexdigest()
     try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on the pickle protocol: noise beside a refusal
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot load checkpoint {redact(url)} with weights_only=True: {first}") from None
+        raise CheckpointError(
+            f"{kind} {shown} is not a raysegment/PyTorch checkpoint that loads safely (weights_only): "
+            f"{unsafe_load_reason(exc, data)}; raysegment never loads pickles that can run code. Pass a checkpoint "
+            "written by `raysegment train`, or a state_dict saved with torch.save(model.state_dict(), path)"
+        ) from None
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
         return Checkpoint(
             state_dict=dict(obj["state_dict"]),
@@ -101,7 +132,37 @@ def load_checkpoint(url: str, storage_options: dict[str, Any] | None = None) -> 
         )
     if isinstance(obj, Mapping) and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return Checkpoint(state_dict=dict(obj), sha256=digest)
-    raise CheckpointError(f"{redact(url)} is neither a raysegment checkpoint nor a state_dict")
+    raise CheckpointError(f"{kind} {shown} is neither a raysegment checkpoint nor a state_dict (a mapping of "
+                          "names to tensors)")
+
+
+def unsafe_load_reason(exc: BaseException, data: bytes) -> str:
+    """Why ``torch.load(weights_only=True)`` refused ``data``, in a few words and without torch's
+    advice to load it unsafely (``weights_only=False``) or to allow-list what it names."""
+    text = _ANSI.sub("", str(exc))
+    named = _GLOBAL.search(text)
+    if not data:
+        return "the file is empty"
+    if named:
+        return f"it refers to the Python object {named.group(1)}, which only a load that runs code could create"
+    if data.startswith(_ZIP_MAGIC):  # the format torch.save writes
+        if isinstance(exc, EOFError) or any(w in text for w in ("central directory", "seek", "EOF", "truncated")):
+            return f"the file is truncated or corrupt ({_plain_reason(text) or 'its zip archive is incomplete'})"
+        return f"it is a zip archive, but not one torch.save wrote ({_plain_reason(text) or type(exc).__name__})"
+    if isinstance(exc, EOFError):
+        return "the file ends early (truncated)"
+    if isinstance(exc, pickle.UnpicklingError):
+        if data[:1] == b"\x80":
+            return "it is a plain Python pickle, not a file written by torch.save"
+        return "it is not a PyTorch file (neither the zip archive torch.save writes nor a pickle)"
+    return _plain_reason(text) or type(exc).__name__
+
+
+def _plain_reason(text: str) -> str:
+    """The first sentence of torch's text that gives no advice (to load unsafely, to allow-list, to file an issue)."""
+    parts = re.split(r"(?<=[.!?])\s+|\n+", _ENFORCE.sub("", text))
+    kept = [p.strip().rstrip(".") for p in parts if p.strip() and not _UNSAFE_ADVICE.search(p)]
+    return kept[0][:200] if kept else ""
 
 
 def load_weights(module: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:

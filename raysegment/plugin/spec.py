@@ -13,11 +13,13 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from raysegment.plugin.checkpoint import CheckpointError, load_checkpoint
 from raysegment.plugin.contract import SegmentationModel
 from raysegment.plugin.normalization import Normalization
 from raysegment.plugin.registry import get_registry
-from raysegment.plugin.types import Sample
+from raysegment.plugin.types import InputError, Modality, Sample
 from raysegment.uri import redact
 
 __all__ = ["ModelSpec", "resolve_model", "parse_params"]
@@ -47,6 +49,16 @@ class ModelSpec:
     def preprocess(self, sample: Sample) -> Any:
         """The run's normalisation, then the plugin's ``preprocess``: the one way items reach a model."""
         return self.plugin().preprocess(self.normalization.apply(sample))
+
+    def check_takes(self, ndim: int, bands: int, dtype: Any, what: str = "input") -> None:
+        """Ask the run's normalisation and the plugin's own ``preprocess`` about one pixel of an
+        ``ndim``-D input of ``bands`` bands and ``dtype``, so that a scene the model cannot take is
+        one clear error (one row, one report line), not one failed read per window."""
+        want = 3 if self.plugin().modality is Modality.VOLUME else 2
+        if ndim != want:
+            shape = "a volume" if ndim == 3 else f"{ndim}D"
+            raise InputError(f"{what} is {shape} but the model takes {'volumes' if want == 3 else '2D images'}")
+        self.preprocess(Sample(np.zeros((*(1,) * ndim, bands), dtype=dtype), meta={}))
 
     def info(self) -> dict[str, Any]:
         """The ``model`` struct of every output row."""

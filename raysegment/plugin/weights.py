@@ -63,7 +63,7 @@ def read_state_dict(source: str, storage_options: dict[str, Any] | None = None) 
     if _ENUM_NAME.match(source):
         source = torchvision_weights_file(source)
     try:
-        return load_checkpoint(source, storage_options).state_dict
+        return load_checkpoint(source, storage_options, kind="weights").state_dict
     except WeightsError:
         raise
     except CheckpointError as exc:

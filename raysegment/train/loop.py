@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from typing import Any
@@ -95,33 +96,43 @@ def _restore(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[
     return {"epoch": int(state["epoch"]), "best": float(state["best"]), "history": json.loads(state["history"])}
 
 
+def _say(line: str) -> None:
+    """One line to the worker's stdout, which Ray forwards to the driver's terminal.
+
+    Not ``print``: Ray Train patches it to go to its logger *and*, where stdout is
+    wrapped, to the stream too, so every line reached the terminal twice.
+    """
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def _validation_rows(cfg: WorkerConfig, rank: int, world: int) -> Any:
     """This rank's share of the validation pairs, every pair exactly once across ranks.
 
     Built here rather than split by Ray Train, whose equal split drops the
     remainder: validation must score every pair.
     """
-    import ray.data
-
     from raysegment.train.data import load_pairs
     from raysegment.train.scene_data import load_windows
 
     rows = list(cfg.val_rows[rank::world])
     if not rows:
         return None
-    return ray.data.from_items(rows).map_batches(load_pairs if cfg.windows is None else load_windows, batch_size=4,
-                                                 batch_format="numpy", fn_kwargs=dict(cfg.load_kwargs))
+    return _loaded(rows, load_pairs if cfg.windows is None else load_windows, cfg.load_kwargs)
 
 
 def _epoch_windows(cfg: WorkerConfig, epoch: int, rank: int, world: int) -> Any:
     """``--window``: this rank's windows of ``epoch``, drawn from the seeded plan and read by range."""
-    import ray.data
-
     from raysegment.train.scene_data import load_windows
 
-    rows = cfg.windows.epoch_rows(int(cfg.seed), epoch, rank, world)
-    return ray.data.from_items(rows).map_batches(load_windows, batch_size=4, batch_format="numpy",
-                                                 fn_kwargs=dict(cfg.windows.load_kwargs))
+    return _loaded(cfg.windows.epoch_rows(int(cfg.seed), epoch, rank, world), load_windows, cfg.windows.load_kwargs)
+
+
+def _loaded(rows: list[Any], load: Any, kwargs: Any) -> Any:
+    """A Ray dataset of ``rows`` (pairs or windows) read by ``load`` in batches of four."""
+    import ray.data
+
+    return ray.data.from_items(rows).map_batches(load, batch_size=4, batch_format="numpy", fn_kwargs=dict(kwargs))
 
 
 def merged_across_workers(acc: MetricAccumulator) -> MetricAccumulator:
@@ -217,8 +228,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             sums += torch.tensor([float(loss.detach()) * n, n, 1], dtype=torch.float64)
             seen[batch["index"]] = 1
             if rank == 0 and step in marks:
-                print(progress_line(f"epoch {epoch + 1}/{cfg.epochs}", step, steps, time.perf_counter() - start,
-                                    "step"), flush=True)
+                _say(progress_line(f"epoch {epoch + 1}/{cfg.epochs}", step, steps, time.perf_counter() - start, "step"))
         _all_reduce(sums)
         _all_reduce(seen)
         seconds = time.perf_counter() - start
@@ -237,8 +247,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         best = max(best, flat_report(metrics).get(cfg.score, -1.0))
         if rank == 0:
             shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("val_") and isinstance(v, float))
-            print(f"epoch {epoch + 1}/{cfg.epochs}  loss {metrics['train_loss']:.4f}  {shown}  "
-                  f"{metrics['images_per_s']:.2f} img/s", flush=True)
+            _say(f"epoch {epoch + 1}/{cfg.epochs}  loss {metrics['train_loss']:.4f}  {shown}  "
+                 f"{metrics['images_per_s']:.2f} img/s")
             with tempfile.TemporaryDirectory() as folder:
                 unwrapped = model.module if hasattr(model, "module") else model
                 save_checkpoint(os.path.join(folder, MODEL), state_dict=unwrapped.state_dict(), plugin=spec.name,

@@ -20,7 +20,6 @@ window at a time by range, exactly as tiled inference reads.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,7 +29,7 @@ from raysegment.errors import describe_error
 from raysegment.io.decoders import DecodeLimits
 from raysegment.io.payload import pack
 from raysegment.io.regions import Box, Region
-from raysegment.io.scenes.base import SceneInfo, SceneReader, open_scene
+from raysegment.io.scenes.base import STRIP_PIXELS, SceneInfo, SceneReader, open_scene, strip_windows
 from raysegment.io.sources import list_inputs
 from raysegment.io.vector_labels import cached_vector_labels, is_vector_labels, rasterize_window
 from raysegment.plugin.contract import InputError, Modality, Sample
@@ -42,7 +41,6 @@ from raysegment.train.sampler import positive_cells_in
 
 __all__ = ["Scene", "SceneLabels", "list_scenes", "survey_scene", "load_windows", "STRIP_PIXELS"]
 
-STRIP_PIXELS = 1 << 24  # pixels per label strip in the survey: 16 Mpx, a bounded read whatever the scene
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,23 +112,6 @@ class SceneLabels:
         self.close()
 
 
-def _check_model_takes(spec: ModelSpec, info: SceneInfo) -> None:
-    """The run's normalisation and the plugin's ``preprocess`` on a one-pixel scene of this band count and dtype."""
-    plugin = spec.plugin()
-    want = 3 if plugin.modality is Modality.VOLUME else 2
-    if len(info.shape) != want:
-        raise InputError(f"{info.format} scene is {len(info.shape)}D but the model takes {want}D input")
-    spec.preprocess(Sample(np.zeros((*(1,) * want, info.bands), dtype=info.dtype), meta={}))
-
-
-def _strips(shape: tuple[int, ...], cell: int) -> list[Window]:
-    """Whole-width strips along the first axis, a multiple of ``cell`` high, about STRIP_PIXELS each."""
-    per_row = max(1, math.prod(shape[1:]))
-    rows = max(cell, (STRIP_PIXELS // per_row) // cell * cell)
-    return [Window(i, (r, *(0,) * (len(shape) - 1)), (min(rows, shape[0] - r), *shape[1:]))
-            for i, r in enumerate(range(0, shape[0], rows))]
-
-
 def _outside(window: Window, boxes: Sequence[Box]) -> np.ndarray:
     """True at the window's pixels that lie outside every hold-out box."""
     keep = np.ones(window.size, dtype=bool)
@@ -159,7 +140,7 @@ def survey_scene(scene: Scene, *, spec: ModelSpec, value_map: Mapping[int, int],
     try:
         with open_scene(scene.image, storage_options, plugin.modality, limits) as reader:
             info = reader.info
-        _check_model_takes(spec, info)
+        spec.check_takes(len(info.shape), info.bands, info.dtype, f"{info.format} scene")
         out["shape"] = list(info.shape)
         if info.georef is not None:
             out["crs"], out["transform"] = info.georef.crs, list(info.georef.transform)
@@ -169,7 +150,7 @@ def survey_scene(scene: Scene, *, spec: ModelSpec, value_map: Mapping[int, int],
         out["exclude"] = exclude
         cells = []
         with SceneLabels(scene, info, plugin.modality, label_field, storage_options, limits) as labels:
-            for strip in _strips(info.shape, int(cell[0])):
+            for strip in strip_windows(info.shape, int(cell[0])):
                 raw = apply_value_map(labels.read(strip), value_map)
                 keep = _outside(strip, exclude)
                 ignored = raw == plugin.ignore_index

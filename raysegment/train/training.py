@@ -259,15 +259,18 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
         if not val_pairs:
             raise ValueError("validation set is empty: raise --val-fraction or pass --val-images")
         train_images = [p.image for p in train_pairs]
-    run = RunFolder(cfg.storage, cfg.name, cfg.storage_options)
-    run.check(cfg.resume)
     weights = cfg.weight_map or (WeightMapOptions() if loss is not None and loss.needs_weight_map else None)
     if weights is not None and plugin.modality is Modality.VOLUME:
         raise ValueError("the U-Net border weight map (loss 'wce') is 2D only; pick another --loss for volumes")
     if weights is not None and cfg.window is not None:
         raise ValueError("the U-Net border weight map (loss 'wce') needs whole masks; pick another --loss with --window")
-
-    started = ensure_ray(cfg.address)
+    run = RunFolder(cfg.storage, cfg.name, cfg.storage_options)
+    run.check(cfg.resume)  # takes the folder's lease: one run per --storage/--name, released below
+    try:
+        started = ensure_ray(cfg.address)
+    except BaseException:
+        run.release()
+        raise
     import ray
     import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -358,6 +361,7 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
     finally:
         if started:
             ray.shutdown()
+        run.release()
     return TrainSummary(run=redact(run.url), epochs=len(history), best_val_miou=float(best_metrics.get("val_miou", 0.0)),
                         best_checkpoint=f"{redact(run.url)}/{BEST}", pairs_ok=len(good),
                         pairs_bad=bad, seconds=time.perf_counter() - start, history=history, select=score,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -156,8 +157,11 @@ def test_s3_in_and_out_through_moto(em_subset: Path, unet_checkpoint: str, s3_bu
     assert table.column("uri").to_pylist() == [f"s3://{s3_bucket}/images/{p.name}" for p in sorted(em_subset.iterdir())[:3]]
     fs.invalidate_cache()
     assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{s3_bucket}/masks")) == [
-        "_SUCCESS", "_raysegment.json", "part-000000.parquet", "part-000001.parquet"
+        "_SUCCESS", "_lease", "_raysegment.json", "part-000000.parquet", "part-000001.parquet"
     ]
+    # the run's lease was taken by S3's conditional put and released at the end
+    record = json.loads(fs.cat(f"{s3_bucket}/masks/_lease/gen-000001.json"))
+    assert record["released"] and record["run_id"] == json.loads(fs.cat(f"{s3_bucket}/masks/_raysegment.json"))["run_id"]
     assert "testing" not in fs.cat(f"{s3_bucket}/masks/_raysegment.json").decode()
 
 

@@ -224,6 +224,48 @@ def test_text_file_with_image_extension(name: str, message: str) -> None:
         _image(name, b"hello, this is plain text\n")
 
 
+#: What a manifest may point a worker at: a file outside the input root whose bytes must never
+#: reach an error row (Parquet output is read by people who could not read this file).
+SECRET = b"root:$6$Xq9salt$Zb7hashvalue:19000:0:99999:7:::\n"
+SECRET_PIECES = ("root", "$6$", "Xq9", "Zb7", "99999")
+
+
+def _refusal(name: str, data: bytes) -> str:
+    with pytest.raises(DecodeError) as info:
+        _image(name, data)
+    message = str(info.value)
+    assert not [p for p in SECRET_PIECES if p in message], message
+    assert "\\x" not in message and "b'" not in message, message
+    return message
+
+
+@pytest.mark.parametrize(("name", "kind"), [("shadow.png", "PNG/JPEG"), ("shadow.jpg", "PNG/JPEG"),
+                                            ("shadow.tif", "TIFF"), ("shadow.TIFF", "TIFF")])
+def test_no_error_quotes_the_content_of_a_file_that_is_no_image(name: str, kind: str) -> None:
+    assert _refusal(name, SECRET) == f"not a valid {kind} image: unrecognised file signature ({len(SECRET)} bytes)"
+
+
+@pytest.mark.parametrize(("name", "magic"), [("x.png", b"\x89PNG\r\n\x1a\n"), ("x.jpg", b"\xff\xd8\xff"),
+                                             ("x.tif", b"II*\x00"), ("x.tif", b"II*\x00\x08\x00\x00\x00")])
+def test_library_messages_lose_the_bytes_they_quote(name: str, magic: bytes) -> None:
+    # Pillow says "broken PNG file (chunk b'...')", tifffile "not a TIFF file: header=b'...'".
+    _refusal(name, magic + SECRET * 3)
+
+
+def test_a_wrong_signature_is_named_by_its_format() -> None:
+    tiff = _tiff(np.zeros((4, 4), np.uint8))
+    png = _png(np.zeros((4, 4), np.uint8))
+    assert _refusal("really-a-tiff.png", tiff) == "not a valid PNG/JPEG image: its signature says TIFF"
+    assert _refusal("really-a-png.tif", png) == "not a valid TIFF image: its signature says PNG"
+    assert _refusal("x.png", b"RIFF\x10\x00\x00\x00WEBPVP8 " + SECRET) == "not a valid PNG/JPEG image: its signature says WebP"
+
+
+def test_without_content() -> None:
+    assert decoders.without_content("not a TIFF file: header=b'root'") == "not a TIFF file: header=<bytes>"
+    assert decoders.without_content('chunk b"a\\"b\'c" and b\'\\x00\\\'x\' end') == "chunk <bytes> and <bytes> end"
+    assert decoders.without_content("Herb's file isn't bytes") == "Herb's file isn't bytes"
+
+
 def _png_chunk(tag: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body) & 0xFFFFFFFF)
 

@@ -270,5 +270,9 @@ def test_whole_volume_decoder_matches_the_scene_and_checks_the_voxel_limit() -> 
     voxels = int(np.prod(sample.data.shape[:3]))
     with pytest.raises(DecodeError, match=f"{voxels:,} voxels exceeds the limit of {voxels - 1:,}"):
         decode(str(path), path.read_bytes(), Modality.VOLUME, DecodeLimits(max_pixels=voxels - 1))
+    need = 2 * sample.data.nbytes  # the header's footprint: the array and its reordered copy
+    with pytest.raises(DecodeError, match=r"over this worker's decode budget .*--tile"):
+        decode(str(path), path.read_bytes(), Modality.VOLUME, DecodeLimits(max_decode_memory=need - 1))
+    assert decode(str(path), path.read_bytes(), Modality.VOLUME, DecodeLimits(max_decode_memory=need * 4)).data.shape
     with pytest.raises(DecodeError, match="not a NIfTI file"):
         decode("bad.nii", b"\0" * 400, Modality.VOLUME)

@@ -359,3 +359,18 @@ def test_large_cog_windows(tmp_path: Path, landsat: Path) -> None:
             assert np.array_equal(data, source[rows][:, cols]), window
             gdal_mask = ds.dataset_mask(window=rasterio.windows.Window(x0, y0, w, h)) > 0
             assert np.array_equal(scene.valid_mask(window, data), gdal_mask), window
+
+
+def test_a_broken_link_or_a_fifo_is_one_line_naming_the_entry(tmp_path: Path) -> None:
+    """Tiled inference, windowed training and stats open scenes here: the link is named, a FIFO never blocks."""
+    import os
+
+    from raysegment.io.decoders import DecodeError
+    from raysegment.io.scenes.base import open_scene
+
+    (tmp_path / "gone.tif").symlink_to(tmp_path / "missing.tif")
+    with pytest.raises(DecodeError, match=r"broken symbolic link .*gone\.tif -> .*missing\.tif"):
+        open_scene(str(tmp_path / "gone.tif"))
+    os.mkfifo(tmp_path / "pipe.tif")
+    with pytest.raises(DecodeError, match=r"pipe\.tif"):
+        open_scene(str(tmp_path / "pipe.tif"))

@@ -108,8 +108,10 @@ def test_missing_gcs_backend_names_the_extra() -> None:
 def test_csv_manifest_keeps_order_and_resolves_relative(tree: Path) -> None:
     manifest = tree / "lists" / "m.csv"
     manifest.parent.mkdir()
-    manifest.write_text("id,uri\n1,../sub/c.tif\n2,/abs/z.png\n3,s3://bucket/k.png\n4,../a.png\n")
-    assert list_inputs(str(manifest)) == [str(tree / "sub/c.tif"), "/abs/z.png", "s3://bucket/k.png", str(tree / "a.png")]
+    manifest.write_text("id,uri\n1,../sub/c.tif\n2,/abs/z.png\n3,memory://elsewhere/k.png\n4,../a.png\n")
+    assert list_inputs(str(manifest)) == [
+        str(tree / "sub/c.tif"), "/abs/z.png", "memory://elsewhere/k.png", str(tree / "a.png")
+    ]
 
 
 def test_csv_manifest_missing_column(tmp_path: Path) -> None:
@@ -121,6 +123,7 @@ def test_csv_manifest_missing_column(tmp_path: Path) -> None:
 
 def test_training_and_eval_manifests_are_inputs_by_their_image_uri(tmp_path: Path) -> None:
     """The manifest a model was trained or scored on (image_uri, mask_uri) can be segmented as it is."""
+    _touch(tmp_path, "b.png", "sub/a.png", "i.png", "y.png")
     (tmp_path / "m.csv").write_text("image_uri,mask_uri\nb.png,b_mask.png\nsub/a.png,sub/a_mask.png\n")
     assert list_inputs(str(tmp_path / "m.csv")) == [str(tmp_path / "b.png"), str(tmp_path / "sub/a.png")]
     pq.write_table(pa.table({"mask_uri": ["m.png"], "image_uri": ["i.png"]}), tmp_path / "m.parquet")
@@ -146,6 +149,7 @@ def test_csv_manifest_empty_and_blank_entry(tmp_path: Path) -> None:
 
 def test_parquet_manifest(tmp_path: Path) -> None:
     manifest = tmp_path / "m.parquet"
+    _touch(tmp_path, "z.png", "sub/y.png", "a.png")
     pq.write_table(pa.table({"uri": ["z.png", "sub/y.png", "a.png"], "label": [1, 2, 3]}), manifest)
     assert list_inputs(str(manifest)) == [str(tmp_path / n) for n in ("z.png", "sub/y.png", "a.png")]
 
@@ -215,7 +219,8 @@ def test_s3_prefix_listing_and_read(s3_server: str, s3_bucket: str) -> None:
 
 
 def test_s3_manifest_relative_entries(s3_server: str, s3_bucket: str) -> None:
-    _put(s3_bucket, s3_server, {"lists/m.csv": b"uri\n../img/2.png\nimg/1.png\ns3://elsewhere/k.png\n"})
+    _put(s3_bucket, s3_server, {"lists/m.csv": b"uri\n../img/2.png\nimg/1.png\ns3://elsewhere/k.png\n",
+                                "img/2.png": b"2", "lists/img/1.png": b"1"})
     assert list_inputs(f"s3://{s3_bucket}/lists/m.csv") == [
         f"s3://{s3_bucket}/img/2.png",
         f"s3://{s3_bucket}/lists/img/1.png",

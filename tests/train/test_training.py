@@ -82,6 +82,7 @@ def test_bad_pairs_go_to_the_report_or_stop_the_run(em_pairs: tuple[Path, Path],
     (data / "image" / "extra.png").write_bytes(png_bytes(np.zeros((512, 512), np.uint8)))  # no mask
     with pytest.raises(TrainingDataError, match="3 bad training pair"):
         run_training(_config(data / "image", data / "label", tmp_path, bad_data="fail", name="strict"))
+    assert json.loads((tmp_path / "strict" / "_lease" / "gen-000001.json").read_text())["released"]  # a failed run frees it
     report = pd.read_parquet(tmp_path / "strict" / "data_report.parquet").set_index("image_uri")
     errors = report["error"].dropna()
     assert "mask is 100x100 but its image is 512x512" in errors[str(data / "image" / "1.png")]

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from raysegment.io.decoders import DecodeError, DecodeLimits, decode
+from raysegment.io.entries import entry_problem, is_local, local_path
 from raysegment.plugin.contract import Modality
 from raysegment.table import Table
 from raysegment.tiling.plan import Window
@@ -40,8 +42,13 @@ __all__ = [
     "ArrayScene",
     "open_scene",
     "register_scene_reader",
+    "strip_windows",
     "SCENE_READERS",
+    "STRIP_PIXELS",
 ]
+
+#: Pixels (voxels) per strip of :func:`strip_windows`: 16 M, a bounded read whatever the scene.
+STRIP_PIXELS = 1 << 24
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +173,10 @@ def open_scene(
     Formats without a windowed reader fall back to the whole-image decoders of
     ``modality`` (then ``limits`` applies, as for untiled input).
     """
+    if is_local(uri):  # a broken link, a loop, a FIFO: one line naming the entry, never a hang
+        problem = entry_problem(local_path(uri))
+        if problem is not None:
+            raise DecodeError(problem)
     opener = SCENE_READERS.get(extension(uri))
     if opener is not None:
         return opener(uri, storage_options, limits)
@@ -181,3 +192,12 @@ def open_scene(
         format=str(sample.meta.get("format", extension(uri).lstrip(".").upper())),
     )
     return ArrayScene(array, info)
+
+
+def strip_windows(shape: tuple[int, ...], cell: int = 1, max_pixels: int = STRIP_PIXELS) -> list[Window]:
+    """Whole-width strips along the first axis, a multiple of ``cell`` high, about ``max_pixels`` each:
+    how a pass over a whole scene (the training survey, ``raysegment stats``) stays bounded in memory."""
+    per_row = max(1, math.prod(shape[1:]))
+    rows = max(cell, (max_pixels // per_row) // cell * cell)
+    return [Window(i, (r, *(0,) * (len(shape) - 1)), (min(rows, shape[0] - r), *shape[1:]))
+            for i, r in enumerate(range(0, shape[0], rows))]

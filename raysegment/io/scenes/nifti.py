@@ -40,7 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from raysegment.io.decoders import DecodeError, DecodeLimits
+from raysegment.io.decode_budget import array_footprint
+from raysegment.io.decoders import DecodeError, DecodeLimits, check_decode_budget
 from raysegment.io.scenes.base import SceneInfo, SceneReader, VolumeGeometry
 from raysegment.plugin.contract import Sample
 from raysegment.tiling.plan import Window
@@ -87,8 +88,9 @@ def decode_nifti(data: bytes, uri: str, limits: DecodeLimits) -> Sample:
     """The whole-volume decoder registered for ``Modality.VOLUME``: ``(D, H, W, bands)``.
 
     Training reads each pair whole (a volume is one training item), and so does untiled
-    inference. The voxel count the header claims is checked against ``limits.max_pixels``
-    before any voxel is decompressed.
+    inference. The voxel count the header claims is checked against ``limits.max_pixels``,
+    and its decoded bytes against the worker's per-item memory budget, before any voxel is
+    decompressed.
     """
     with NiftiScene(uri, data=data) as scene:
         shape = scene.info.shape
@@ -96,6 +98,7 @@ def decode_nifti(data: bytes, uri: str, limits: DecodeLimits) -> Sample:
         if voxels > limits.max_pixels:
             raise DecodeError(f"volume too large: {'x'.join(map(str, shape))} = {voxels:,} voxels exceeds the "
                               f"limit of {limits.max_pixels:,} (use tiled inference for larger volumes)")
+        check_decode_budget(array_footprint(shape, scene.info.bands, scene.info.dtype), limits, "NIfTI", windowed=True)
         volume = scene.read(Window(index=0, start=(0, 0, 0), size=shape))
         return Sample(data=volume, uri=uri, meta=scene.info.meta())
 

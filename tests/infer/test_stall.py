@@ -1,0 +1,91 @@
+"""The progress watchdog: a run whose reads hang fails in one line naming the stage, and --resume finishes it."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import SMALL_UNET
+
+from raysegment.infer.pipeline import InferenceConfig, run_inference
+from raysegment.output.root import read_output
+from raysegment.runtime import StalledRunError
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+@pytest.fixture
+def silent_server() -> Iterator[tuple[str, threading.Event]]:
+    """An HTTP endpoint on 127.0.0.1 that accepts connections and never answers: a hung object store."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    def hang_up() -> None:
+        stop.wait()
+        thread.join()
+        for conn in held:  # the hung reads now fail at once, freeing the shared Ray's CPUs
+            conn.close()
+        server.close()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    closer = threading.Thread(target=hang_up, daemon=True)
+    closer.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}", stop
+    stop.set()
+    closer.join()
+
+
+def test_a_hung_read_fails_in_one_line_and_resume_finishes(silent_server: tuple[str, threading.Event],
+                                                           tmp_path: Path) -> None:
+    url, hang_up = silent_server
+    out = tmp_path / "out"
+    cfg = dict(input=f"{url}/scene.png", output=str(out), model="unet", params=SMALL_UNET, stall_timeout=4)
+    with pytest.raises(StalledRunError) as info:
+        run_inference(InferenceConfig(**cfg))
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("no progress for 4 s (--stall-timeout): stage MapBatches(decode_batch) (1 task(s) "
+                              "running) did not finish a task; still running: ")
+    assert message.endswith("Rerun with --resume to finish the rest")
+    hang_up.set()  # the store comes back refusing connections: the item becomes an error row
+    summary = run_inference(InferenceConfig(**cfg, resume=True))
+    table = read_output(str(out))
+    assert (summary.items, summary.failed, table.num_rows) == (1, 1, 1)
+    assert table.column("uri").to_pylist() == [f"{url}/scene.png"] and table.column("status")[0].as_py() == "error"
+
+
+def test_a_pool_that_took_every_cpu_names_the_first_stage_that_cannot_run() -> None:
+    """The deadlock of the issue (a restarted predictor took the last CPU): no task runs anywhere."""
+    from ray.data.exceptions import ExecutionTimeoutError
+
+    from raysegment.runtime import describe_stall
+
+    text = ("Dataset execution made no progress for at least 300s of scheduling time (timeout: 300s).\n"
+            "Operators still running:\n"
+            "  - MapBatches(decode_batch): 0 active task(s), 100 finished, 100 outputs taken\n"
+            "  - MapBatches(Predictor): 0 active task(s), 13 finished, 13 outputs taken\n")
+    try:
+        try:
+            raise ExecutionTimeoutError(text)
+        except ExecutionTimeoutError as inner:
+            raise RuntimeError("wrapped") from inner
+    except RuntimeError as exc:
+        line = describe_stall(exc, 300)
+    assert line is not None and line.startswith(
+        "no progress for 300 s (--stall-timeout): stage MapBatches(decode_batch) got no task running")
+    assert describe_stall(ValueError("other"), 300) is None
