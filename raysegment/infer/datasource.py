@@ -1,6 +1,7 @@
 """A Ray Data ``Datasource`` over a sharded input listing.
 
-One read task per shard yields that shard's ``(uri, index, shard)`` rows. The
+One read task per shard (or per ``chunk`` items of it) yields its ``(uri, index, shard)``
+rows, leaving out items already staged by a killed attempt (``skip``, item-level resume). The
 listing is made once on the driver (sorted, so reruns cut the same shards);
 items are fetched later, inside the decode stage, so a read task holds names,
 never pixels (except for process-local ``memory://`` inputs, see ``PROCESS_LOCAL``).
@@ -8,7 +9,7 @@ never pixels (except for process-local ``memory://`` inputs, see ``PROCESS_LOCAL
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pyarrow as pa
 from ray.data.block import BlockMetadata
@@ -26,15 +27,15 @@ ITEM_SCHEMA = pa.schema([("uri", pa.string()), ("index", pa.int64()), ("shard", 
 PROCESS_LOCAL = ("memory://",)
 
 
-def _shard_table(shard: Shard, inline: tuple[bytes, ...] | None) -> pa.Table:
-    n = len(shard.uris)
+def _chunk_table(shard: Shard, indices: Sequence[int], inline: tuple[bytes, ...] | None) -> pa.Table:
+    offsets = [i - shard.start for i in indices]
     return pa.table(
         {
-            "uri": pa.array(shard.uris, pa.string()),
-            "index": pa.array(range(shard.start, shard.start + n), pa.int64()),
-            "shard": pa.array([shard.id] * n, pa.int32()),
-            "data": pa.array(inline if inline is not None else [b""] * n, pa.binary()),
-            "inline": pa.array([inline is not None] * n, pa.bool_()),
+            "uri": pa.array([shard.uris[o] for o in offsets], pa.string()),
+            "index": pa.array(list(indices), pa.int64()),
+            "shard": pa.array([shard.id] * len(offsets), pa.int32()),
+            "data": pa.array([inline[o] for o in offsets] if inline is not None else [b""] * len(offsets), pa.binary()),
+            "inline": pa.array([inline is not None] * len(offsets), pa.bool_()),
         },
         schema=ITEM_SCHEMA,
     )
@@ -52,11 +53,23 @@ def _inline_bytes(shard: Shard, storage_options: dict | None) -> tuple[bytes, ..
 
 
 class ShardDatasource(Datasource):
-    """Yields the items of the given shards, one read task per shard."""
+    """Yields the items of the given shards, one read task per ``chunk`` items of a shard."""
 
-    def __init__(self, shards: Sequence[Shard], storage_options: dict | None = None):
+    def __init__(self, shards: Sequence[Shard], storage_options: dict | None = None, chunk: int | None = None,
+                 skip: Mapping[int, set[int]] | None = None):
         self.shards = list(shards)
         self.storage_options = storage_options
+        self.chunk = chunk
+        self.skip = dict(skip or {})
+
+    def chunks(self) -> list[tuple[Shard, list[int]]]:
+        """(shard, item indices) of every read task: the items to do, ``chunk`` at a time."""
+        out = []
+        for shard in self.shards:
+            todo = [i for i in range(shard.start, shard.start + len(shard.uris)) if i not in self.skip.get(shard.id, ())]
+            step = self.chunk or max(1, len(todo))
+            out += [(shard, todo[k:k + step]) for k in range(0, len(todo), step)]
+        return out
 
     def get_name(self) -> str:
         return "RaysegmentShards"
@@ -66,14 +79,16 @@ class ShardDatasource(Datasource):
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list[ReadTask]:
         tasks = []
-        for shard in self.shards:
-            size = sum(len(u) + 12 for u in shard.uris)
-            meta = BlockMetadata(num_rows=len(shard.uris), size_bytes=size, exec_stats=None, input_files=None)
+        inline_of: dict[int, tuple[bytes, ...] | None] = {}
+        for shard, indices in self.chunks():
+            size = sum(len(shard.uris[i - shard.start]) + 12 for i in indices)
+            meta = BlockMetadata(num_rows=len(indices), size_bytes=size, exec_stats=None, input_files=None)
+            if shard.id not in inline_of:
+                inline_of[shard.id] = _inline_bytes(shard, self.storage_options)
 
-            inline = _inline_bytes(shard, self.storage_options)
-
-            def read(shard: Shard = shard, inline: tuple[bytes, ...] | None = inline) -> list[pa.Table]:
-                return [_shard_table(shard, inline)]
+            def read(shard: Shard = shard, indices: list[int] = indices,
+                     inline: tuple[bytes, ...] | None = inline_of[shard.id]) -> list[pa.Table]:
+                return [_chunk_table(shard, indices, inline)]
 
             tasks.append(ReadTask(read, meta, schema=ITEM_SCHEMA, per_task_row_limit=per_task_row_limit))
         return tasks

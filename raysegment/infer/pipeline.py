@@ -124,7 +124,14 @@ class _Plan:
     pending: list[Shard]
     num_items: int
     lease: Lease
+    sink: ShardedParquetSink
     tiling: Tiling | None = None
+    staged: dict[int, set[int]] = dataclasses.field(default_factory=dict)  # items a killed attempt finished
+
+    @property
+    def todo(self) -> int:
+        """Items this run still has to run (pending shards less their staged items)."""
+        return sum(len(s.uris) for s in self.pending) - sum(len(v) for v in self.staged.values())
 
 
 def _plan(config: InferenceConfig) -> _Plan:
@@ -150,11 +157,19 @@ def _plan(config: InferenceConfig) -> _Plan:
     try:
         done = root.committed(shards, lease.run_id) if config.resume else set()
         pending = [s for s in shards if s.id not in done]
-        root.clear_staging([s.id for s in pending])
+        # Item-level resume (untiled): keep this run id's staged items, redo only the others.
+        keep = lease.run_id if config.resume and tiling is None else None
+        root.clear_staging([s.id for s in pending], keep_run_id=keep)
+        sink = ShardedParquetSink(config.output, {s.id: range(s.start, s.start + len(s.uris)) for s in pending},
+                                  config.storage_options, lease.fence(), staged=tiling is None)
+        staged = {s.id: sink.staged_items(s.id) for s in pending} if keep else {}
+        complete = {sid for sid, items in staged.items() if items and sink.try_commit(sid)}  # killed before commit
+        pending = [s for s in pending if s.id not in complete]
+        staged = {sid: items for sid, items in staged.items() if items and sid not in complete}
     except BaseException:
         lease.release()
         raise
-    return _Plan(spec, root, shards, pending, len(uris), lease, tiling)
+    return _Plan(spec, root, shards, pending, len(uris), lease, sink, tiling, staged)
 
 
 def _tiling(config: InferenceConfig, spec: ModelSpec) -> Tiling | None:
@@ -227,8 +242,10 @@ def _build_dataset(config: InferenceConfig, plan: _Plan, actors: ActorPlan):
     if plan.tiling is not None:
         return _build_tiled_dataset(config, plan, actors)
     limits = DecodeLimits(config.max_pixels, config.max_decode_memory, config.batch_size)
-    source = ShardDatasource(plan.pending, config.storage_options)
-    ds = ray.data.read_datasource(source, override_num_blocks=len(plan.pending))
+    # One read task per shard, without the items a killed attempt staged; encode tasks still
+    # take batch_size rows each, and each stages its rows as it finishes.
+    source = ShardDatasource(plan.pending, config.storage_options, skip=plan.staged)
+    ds = ray.data.read_datasource(source, override_num_blocks=max(1, len(source.chunks())))
     ds = ds.map_batches(
         decode_batch,
         batch_size=config.batch_size,
@@ -242,7 +259,7 @@ def _build_dataset(config: InferenceConfig, plan: _Plan, actors: ActorPlan):
         encode_batch,
         batch_size=config.batch_size,
         batch_format="numpy",
-        fn_kwargs={"spec": plan.spec},
+        fn_kwargs={"spec": plan.spec, "stager": plan.sink},  # each batch staged as it finishes
         num_cpus=1,
         udf_modifying_row_count=False,
     )
@@ -279,10 +296,11 @@ def _execute(config: InferenceConfig, plan: _Plan, start: float) -> RunSummary:
                 config.actors, config.gpus_per_actor, cluster_resources(), config.threads, joined=not started
             )
             actors_text = actors.describe()
-            todo = sum(len(s.uris) for s in plan.pending)
-            log.info("%d item(s) in %d shard(s) to do; %s", todo, len(plan.pending), actors_text)
-            expected = {s.id: range(s.start, s.start + len(s.uris)) for s in plan.pending}
-            sink = ShardedParquetSink(config.output, expected, config.storage_options, plan.lease.fence())
+            todo = sum(len(s.uris) for s in plan.pending)  # the bar counts staged items as done at once
+            kept = todo - plan.todo
+            log.info("%d item(s) in %d shard(s) to do%s; %s", plan.todo, len(plan.pending),
+                     f" ({kept} finished item(s) of the killed run kept)" if kept else "", actors_text)
+            sink = plan.sink
             t0 = time.perf_counter()
             # Items done = rows the sink has written, polled from the output (the writes run in Ray).
             with progress(todo, "infer") as bar, bar.follow(sink.rows_written, PROGRESS_POLL_S):
@@ -313,7 +331,7 @@ def _execute(config: InferenceConfig, plan: _Plan, start: float) -> RunSummary:
         items=plan.num_items,
         ok=ok,
         failed=rows_total - ok,
-        rows_written=sum(len(s.uris) for s in plan.pending),
+        rows_written=plan.todo if plan.pending else 0,
         rows_total=rows_total,
         shards_skipped=skipped,
         seconds=time.perf_counter() - start,

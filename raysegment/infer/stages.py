@@ -188,8 +188,12 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def encode_batch(batch: Batch, *, spec: ModelSpec) -> pa.Table:
-    """Postprocess each prediction and encode its masks as COCO RLE rows."""
+def encode_batch(batch: Batch, *, spec: ModelSpec, stager: Any = None) -> pa.Table:
+    """Postprocess each prediction and encode its masks as COCO RLE rows.
+
+    With a ``stager`` (the run's sink), the rows are also staged as durable fragments right
+    here, batch by batch, so a killed run keeps them (item-level resume).
+    """
     plugin = spec.plugin()
     task = task_spec(plugin.task)
     model = spec.info()
@@ -224,4 +228,7 @@ def encode_batch(batch: Batch, *, spec: ModelSpec) -> pa.Table:
         rows["meta"].append(meta_text if meta_text else None)
         for name in (*SCENE_COLUMNS, "run_id"):  # run_id: stamped by the sink
             rows[name].append(None)
-    return pa.Table.from_pydict(rows, schema=OUTPUT_SCHEMA)
+    table = pa.Table.from_pydict(rows, schema=OUTPUT_SCHEMA)
+    if stager is not None:
+        stager.stage(table)
+    return table

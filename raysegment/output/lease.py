@@ -268,7 +268,11 @@ def acquire_lease(fs: Any, folder: str, *, run_id: str, shown: str, ttl: float |
                              pid=os.getpid(), acquired=now, renewed=now, ttl=ttl)
         if not generations:
             fs.makedirs(folder, exist_ok=True)
-        if _create_exclusive(fs, f"{folder}/{_record_name(generation)}", json.dumps(dataclasses.asdict(record)).encode()):
+        created = _create_exclusive(fs, f"{folder}/{_record_name(generation)}", json.dumps(dataclasses.asdict(record)).encode())
+        if not created:  # the store may have created it and lost the reply: a retried put then gets 412
+            mine = _read(fs, folder, generation)
+            created = mine is not None and mine.holder == record.holder
+        if created:
             for old in generations[:-1]:  # keep the previous record (who we took over from); drop older ones
                 try:
                     fs.rm(f"{folder}/{_record_name(old)}")

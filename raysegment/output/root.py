@@ -29,7 +29,7 @@ from raysegment.output.atomic import write_atomic
 from raysegment.output.lease import LEASE_FOLDER, Lease, LeaseHeld, acquire_lease, lease_holder, new_run_id
 from raysegment.output.schema import OUTPUT_SCHEMA, SCHEMA_VERSION
 from raysegment.output.sink import STAGING, part_name, staging_dir
-from raysegment.uri import redact, refuse_credentials
+from raysegment.uri import redact, refuse_credentials, storage_step
 
 __all__ = ["OutputError", "OutputRoot", "RunManifest", "read_output"]
 
@@ -137,7 +137,9 @@ class OutputRoot:
         self.fs.invalidate_cache()
         if self.fs.exists(self.path) and not self.fs.isdir(self.path):
             raise OutputError(f"output {self.shown} exists and is a file, not a directory")
-        entries = self._entries()
+        # A run that failed after taking the lease, before its manifest, left only these: not a run.
+        found = self._entries()
+        entries = [e for e in found if e not in (LEASE_FOLDER, STAGING)]
         old: dict[str, Any] = {}
         if entries:
             if MANIFEST not in entries:
@@ -157,7 +159,7 @@ class OutputRoot:
             raise OutputError(f"cannot write output {self.shown}: {reason}") from None
         try:
             if entries and overwrite:
-                self._clear(entries)
+                self._clear(found)
             elif entries and resume:
                 self._check_same_run(manifest)
             self._write_json(MANIFEST, {**dataclasses.asdict(manifest), "run_id": lease.run_id, "written": time.time()})
@@ -167,10 +169,13 @@ class OutputRoot:
         return lease
 
     def _read_manifest(self) -> dict[str, Any]:
+        """The manifest; {} when it is absent or not JSON. A read that fails is an error naming
+        it: taken for "no manifest", a resume would report a mismatch or start a new run id."""
         try:
-            with self.fs.open(self.join(MANIFEST), "rb") as f:
-                data = json.loads(f.read())
-        except (OSError, ValueError):
+            with storage_step("read", f"{self.url.rstrip('/')}/{MANIFEST}", "the run manifest"):
+                with self.fs.open(self.join(MANIFEST), "rb") as f:
+                    data = json.loads(f.read())
+        except (FileNotFoundError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}
 
@@ -189,12 +194,19 @@ class OutputRoot:
             if name.startswith("part-") or name in (MANIFEST, SUCCESS, STAGING, *SIDECAR_FOLDERS):
                 self.fs.rm(self.join(name), recursive=True)
 
-    def clear_staging(self, shard_ids: Sequence[int]) -> None:
-        """Drop fragments a killed run left for shards that will be redone."""
+    def clear_staging(self, shard_ids: Sequence[int], keep_run_id: str | None = None) -> None:
+        """Drop what a killed run left in the staging of shards that will be (re)done: every
+        fragment, or with ``keep_run_id`` (a resume) only other runs' fragments and temporary files."""
         for shard in shard_ids:
             path = self.join(staging_dir(shard))
-            if self.fs.exists(path):
+            if not self.fs.exists(path):
+                continue
+            if keep_run_id is None:
                 self.fs.rm(path, recursive=True)
+                continue
+            for name in self.fs.ls(path, detail=False):
+                if not (name.rsplit("/", 1)[-1].startswith("frag-") and f"-{keep_run_id}-" in name.rsplit("/", 1)[-1]):
+                    self.fs.rm(name)
         self.fs.invalidate_cache()
 
     def _write_json(self, name: str, obj: dict[str, Any]) -> None:

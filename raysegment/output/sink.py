@@ -1,9 +1,10 @@
 """A Ray Data ``Datasink`` that writes one Parquet file per input shard, atomically.
 
-Rows of one shard reach the sink spread over many write tasks. Each task
-writes its rows as *fragments* under ``_staging/shard-NNNNNN/`` (every file
-first under a temporary name, then renamed), and then tries to commit the
-shards it touched: once a shard's fragments hold every one of its item
+Rows of one shard reach the sink spread over many write tasks. Each batch's
+rows are written as *fragments* under ``_staging/shard-NNNNNN/`` (every file
+first under a temporary name, then renamed; named with the run id), by the encode
+stage as each batch finishes (:meth:`ShardedParquetSink.stage`) or by the write task,
+which then tries to commit the shards it touched: once a shard's fragments hold every one of its item
 indices, they are merged, sorted and de-duplicated by index, written to a
 temporary file and renamed to ``part-NNNNNN.parquet``. A reader never sees a
 half file, a retried task can never duplicate a row, and the commit is
@@ -84,10 +85,11 @@ class ShardedParquetSink(Datasink[list[int]]):
     """
 
     def __init__(self, root: str, expected: Mapping[int, range], storage_options: dict[str, Any] | None = None,
-                 fence: Fence | None = None):
+                 fence: Fence | None = None, staged: bool = False):
         self.layout = _Layout(root, dict(storage_options or {}))
         self.expected = {int(k): v for k, v in expected.items()}
         self.fence = fence
+        self.staged = staged  # rows reach write() already staged by :meth:`stage` (the encode stage)
 
     @property
     def supports_distributed_writes(self) -> bool:
@@ -97,20 +99,53 @@ class ShardedParquetSink(Datasink[list[int]]):
         return "ShardedParquet"
 
     def write(self, blocks: Iterable[Block], ctx: Any) -> list[int]:
+        """Stage the blocks' rows (unless ``staged`` upstream), then commit the shards they complete."""
         tables = [b if isinstance(b, pa.Table) else pa.Table.from_pandas(b, schema=OUTPUT_SCHEMA) for b in blocks]
         tables = [t for t in tables if t.num_rows]
         if not tables:
             return []
         table = pa.concat_tables([t.cast(OUTPUT_SCHEMA) for t in tables])
+        touched = sorted(set(table.column("shard").to_pylist())) if self.staged else self.stage(table)
+        return [s for s in touched if self.try_commit(s)]
+
+    def stage(self, table: pa.Table) -> list[int]:
+        """Write ``table``'s rows as durable fragments, one per shard it touches; returns those shards.
+
+        Called by the encode stage on every batch (``staged=True``), so a killed run keeps
+        every finished item, not just committed shards: ``--resume`` redoes only the rest.
+        """
+        if not table.num_rows:
+            return []
+        table = table.cast(OUTPUT_SCHEMA)
         if self.fence is not None:
             stamp = pa.array([self.fence.run_id] * table.num_rows, pa.string())
             table = table.set_column(table.schema.get_field_index("run_id"), OUTPUT_SCHEMA.field("run_id"), stamp)
         touched = sorted(set(table.column("shard").to_pylist()))
+        run = self.fence.run_id if self.fence is not None else "none"
         for shard in touched:
             part = table.filter(pc.equal(table.column("shard"), shard))
-            name = f"{staging_dir(shard)}/frag-{part.num_rows:08d}-{uuid.uuid4().hex}.parquet"
+            name = f"{staging_dir(shard)}/frag-{part.num_rows:08d}-{run}-{uuid.uuid4().hex}.parquet"
             self.layout.write_atomic(name, part)
-        return [s for s in touched if self.try_commit(s)]
+        return touched
+
+    def staged_items(self, shard: int) -> set[int]:
+        """Indices of ``shard`` already staged by this run id (a killed attempt's finished items)."""
+        if self.fence is None:
+            return set()
+        fs, staging = self.layout.fs, self.layout.path(staging_dir(shard))
+        try:
+            names = [p for p in fs.ls(staging, detail=False)
+                     if p.rsplit("/", 1)[-1].startswith("frag-") and f"-{self.fence.run_id}-" in p.rsplit("/", 1)[-1]]
+        except FileNotFoundError:
+            return set()
+        found: set[int] = set()
+        for path in names:
+            try:
+                with fs.open(path, "rb") as f:
+                    found.update(pq.read_table(f, columns=["index"]).column("index").to_pylist())
+            except FileNotFoundError:
+                continue
+        return found
 
     def try_commit(self, shard: int) -> bool:
         """Merge a shard's fragments into its part file if they are complete."""
@@ -120,6 +155,8 @@ class ShardedParquetSink(Datasink[list[int]]):
             names = sorted(p for p in fs.ls(staging, detail=False) if p.endswith(".parquet"))
         except FileNotFoundError:
             return fs.exists(layout.path(part_name(shard)))
+        if self.fence is not None:  # another run's fragments never count (their rows are dropped below too)
+            names = [p for p in names if f"-{self.fence.run_id}-" in p.rsplit("/", 1)[-1]]
         want = self.expected[shard]
         rows = sum(_fragment_rows(p) for p in names)  # from names alone: no reads until complete
         if rows < len(want):

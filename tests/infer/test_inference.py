@@ -9,6 +9,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -17,8 +18,10 @@ from conftest import SMALL_UNET, write_bad_inputs
 from raysegment.infer.pipeline import InferenceConfig, run_inference
 from raysegment.io.decoders import decode
 from raysegment.masks.rle import row_label_map
+from raysegment.output.lease import Fence
 from raysegment.output.root import OutputError, read_output
 from raysegment.output.schema import OUTPUT_SCHEMA
+from raysegment.output.sink import ShardedParquetSink
 from raysegment.plugin.checkpoint import load_checkpoint
 from raysegment.plugin.contract import Modality
 from raysegment.plugin.registry import get_registry
@@ -114,10 +117,20 @@ def test_resume_redoes_only_missing_shards_and_writes_nothing_twice(
     run_inference(_config(em_subset, out, unet_checkpoint))
     parts = sorted(out.glob("part-*.parquet"))
     before = {p.name: p.stat().st_mtime_ns for p in parts}
-    parts[1].unlink()  # as if the run died before committing shard 1
+    # As if the run died before committing shard 1 (items 4-7), having staged items 4 and 5: the
+    # resume keeps those (marked here in `meta`) and runs only 6 and 7.
+    finished = pq.read_table(parts[1]).slice(0, 2)
+    finished = finished.set_column(finished.schema.get_field_index("meta"), "meta", pa.array(['{"kept": 1}'] * 2))
+    run_id = json.loads((out / "_raysegment.json").read_text())["run_id"]
+    ShardedParquetSink(str(out), {1: range(4, 8)}, fence=Fence("unused", "a killed attempt", run_id, "out")).stage(finished)
+    parts[1].unlink()
     (out / "_SUCCESS").unlink()
     summary = run_inference(_config(em_subset, out, unet_checkpoint, resume=True))
-    assert (summary.rows_written, summary.shards_skipped, summary.rows_total) == (4, 2, 10)
+    assert (summary.rows_written, summary.shards_skipped, summary.rows_total) == (2, 2, 10)
+    shard = pq.read_table(out / "part-000001.parquet")
+    assert shard.column("index").to_pylist() == [4, 5, 6, 7]
+    assert [m == '{"kept": 1}' for m in shard.column("meta").to_pylist()] == [True, True, False, False]
+    assert set(shard.column("run_id").to_pylist()) == {run_id}
     after = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
     assert after.keys() == before.keys()
     assert [after[n] == before[n] for n in sorted(before)] == [True, False, True]
