@@ -34,6 +34,7 @@ __all__ = [
     "StorageFailure",
     "describe_error",
     "describe_fatal",
+    "own_error_line",
     "exception_text",
     "redacted_traceback",
     "redacting_excepthook",
@@ -55,6 +56,9 @@ _TRANSIENT_HINT = "the store is unavailable or throttling: retry later"
 _DENIED_HINT = ("check the credentials (for S3 the environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
                 "AWS_PROFILE) and the permissions on it")
 _RESUME_HINT = "rerun the same command with --resume to keep the work already done"
+#: raysegment's errors whose message is the whole story (no type name needed in a line).
+_OWN_ERRORS = ("StorageError", "ItemError", "InputSpecError", "InputError", "OutputError", "LeaseHeld", "LeaseLost",
+               "IncompleteOutputError")
 
 
 class InputSpecError(ValueError):
@@ -213,9 +217,21 @@ def describe_fatal(exc: BaseException, line: str) -> str:
             failure = None  # raysegment's own words for it: they stay
         else:
             line = line.replace(old, described)
-    if (ours is not None and ours.transient) or (failure is not None and failure.transient):
+    # A remote StorageError reaches the driver as text only (Ray Data keeps the traceback, not
+    # the exception): its transient hint in the line says the same as its flag.
+    transient = (ours is not None and ours.transient) or (failure is not None and failure.transient)
+    if transient or line.endswith(_TRANSIENT_HINT):
         line += f" ({_RESUME_HINT})"
     return redact_text(line, secret_values())
+
+
+def own_error_line(line: str) -> str:
+    """A remote traceback's ``raysegment.errors.StorageError: cannot ...`` line as raysegment's
+    own words (``cannot ...``): its errors' messages say what failed; their type adds nothing."""
+    head, sep, rest = line.partition(": ")
+    if sep and head.startswith("raysegment.") and head.rpartition(".")[2] in _OWN_ERRORS:
+        return rest
+    return line
 
 
 def stage_failed(stage: str, exc: BaseException) -> str:

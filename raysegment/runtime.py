@@ -14,6 +14,7 @@ import re
 import sys
 from typing import Any
 
+from raysegment.errors import own_error_line
 from raysegment.ray_logs import quiet_ray_logs
 from raysegment.reaper import end_with_driver
 
@@ -134,7 +135,7 @@ def _task_error(exc: Any) -> str:
     if isinstance(cause, BaseException) and not isinstance(cause, rx.UserCodeException):
         reason = _cause(cause)
     else:  # Ray Data wraps the user's exception; only its traceback text survives
-        reason = _root_cause_line(getattr(exc, "traceback_str", "") or text) or _first_line(text)
+        reason = own_error_line(_root_cause_line(getattr(exc, "traceback_str", "") or text) or _first_line(text))
     return f"Ray task {name} failed: {reason}"
 
 

@@ -81,14 +81,18 @@ class ShardDatasource(Datasource):
         tasks = []
         inline_of: dict[int, tuple[bytes, ...] | None] = {}
         for shard, indices in self.chunks():
-            size = sum(len(shard.uris[i - shard.start]) + 12 for i in indices)
-            meta = BlockMetadata(num_rows=len(indices), size_bytes=size, exec_stats=None, input_files=None)
             if shard.id not in inline_of:
                 inline_of[shard.id] = _inline_bytes(shard, self.storage_options)
+            # Each task carries the names of its own items only, not the whole shard's.
+            lo, hi = indices[0] - shard.start, indices[-1] - shard.start + 1
+            piece = Shard(shard.id, shard.start + lo, shard.uris[lo:hi])
+            inline = inline_of[shard.id][lo:hi] if inline_of[shard.id] is not None else None
+            meta = BlockMetadata(num_rows=len(indices), size_bytes=sum(len(u) + 12 for u in piece.uris),
+                                 exec_stats=None, input_files=None)
 
-            def read(shard: Shard = shard, indices: list[int] = indices,
-                     inline: tuple[bytes, ...] | None = inline_of[shard.id]) -> list[pa.Table]:
-                return [_chunk_table(shard, indices, inline)]
+            def read(piece: Shard = piece, indices: list[int] = indices,
+                     inline: tuple[bytes, ...] | None = inline) -> list[pa.Table]:
+                return [_chunk_table(piece, indices, inline)]
 
             tasks.append(ReadTask(read, meta, schema=ITEM_SCHEMA, per_task_row_limit=per_task_row_limit))
         return tasks

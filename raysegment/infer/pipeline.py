@@ -242,9 +242,11 @@ def _build_dataset(config: InferenceConfig, plan: _Plan, actors: ActorPlan):
     if plan.tiling is not None:
         return _build_tiled_dataset(config, plan, actors)
     limits = DecodeLimits(config.max_pixels, config.max_decode_memory, config.batch_size)
-    # One read task per shard, without the items a killed attempt staged; encode tasks still
-    # take batch_size rows each, and each stages its rows as it finishes.
-    source = ShardDatasource(plan.pending, config.storage_options, skip=plan.staged)
+    # One read task (one block) per batch of a shard, without the items a killed attempt
+    # staged: a block is the unit Ray Data streams, so blocks of one batch keep every stage
+    # busy at once and each batch is staged (durable) as soon as it is encoded. Blocks of a
+    # whole shard would pass each stage one shard at a time, and a kill would lose them all.
+    source = ShardDatasource(plan.pending, config.storage_options, chunk=config.batch_size, skip=plan.staged)
     ds = ray.data.read_datasource(source, override_num_blocks=max(1, len(source.chunks())))
     ds = ds.map_batches(
         decode_batch,

@@ -57,7 +57,7 @@ from fsspec.implementations.local import LocalFileSystem
 from raysegment.errors import InputSpecError
 from raysegment.io.entries import entry_problem, full_uri, is_http, is_within
 from raysegment.io.manifests import INPUT_COLUMNS, MANIFEST_SUFFIXES, manifest_inputs, read_manifest
-from raysegment.uri import filesystem, redact
+from raysegment.uri import filesystem, redact, storage_step
 
 __all__ = [
     "InputSpecError",
@@ -244,8 +244,9 @@ def refuse_output_inside_input(spec: str, output: str, storage_options: dict | N
         where = f"the folder {redact(full_uri(fs, folder))} that the input glob {redact(spec)} matches in"
     else:
         try:
-            if fs.info(path).get("type") != "directory":
-                return
+            with storage_step("list", spec, "the input"):
+                if fs.info(path).get("type") != "directory":
+                    return
         except (FileNotFoundError, PermissionError):
             return  # list_inputs says what is wrong with the input
         folder = real(path)

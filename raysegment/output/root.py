@@ -135,7 +135,9 @@ class OutputRoot:
         flags. The caller keeps the returned lease renewed while it writes, then releases it.
         """
         self.fs.invalidate_cache()
-        if self.fs.exists(self.path) and not self.fs.isdir(self.path):
+        with storage_step("read", self.url, "the output"):
+            is_file = self.fs.exists(self.path) and not self.fs.isdir(self.path)
+        if is_file:
             raise OutputError(f"output {self.shown} exists and is a file, not a directory")
         # A run that failed after taking the lease, before its manifest, left only these: not a run.
         found = self._entries()

@@ -31,6 +31,7 @@ from ray.data.datasource.datasink import WriteResult
 from raysegment.output.atomic import write_atomic
 from raysegment.output.lease import Fence
 from raysegment.output.schema import OUTPUT_SCHEMA
+from raysegment.uri import storage_step
 
 __all__ = ["ShardedParquetSink", "part_name", "STAGING", "IncompleteOutputError"]
 
@@ -125,7 +126,8 @@ class ShardedParquetSink(Datasink[list[int]]):
         for shard in touched:
             part = table.filter(pc.equal(table.column("shard"), shard))
             name = f"{staging_dir(shard)}/frag-{part.num_rows:08d}-{run}-{uuid.uuid4().hex}.parquet"
-            self.layout.write_atomic(name, part)
+            with storage_step("write", self.layout.root, f"finished rows of shard {shard} to"):
+                self.layout.write_atomic(name, part)
         return touched
 
     def staged_items(self, shard: int) -> set[int]:
@@ -149,6 +151,24 @@ class ShardedParquetSink(Datasink[list[int]]):
 
     def try_commit(self, shard: int) -> bool:
         """Merge a shard's fragments into its part file if they are complete."""
+        step = ("commit", self.layout.root, f"shard {shard} to")
+        with storage_step(*step):
+            merged = self._merged(shard)
+        if not isinstance(merged, pa.Table):
+            return merged
+        if self.fence is not None:
+            self.fence.check(self.layout.fs)  # outside the storage step: a lost lease says so itself
+        with storage_step(*step):
+            self.layout.write_atomic(part_name(shard), merged)
+            try:
+                self.layout.fs.rm(self.layout.path(staging_dir(shard)), recursive=True)
+            except FileNotFoundError:
+                pass
+        return True
+
+    def _merged(self, shard: int) -> pa.Table | bool:
+        """The shard's rows merged from this run's fragments; else whether its part exists already
+        (True: a racing commit won) or False (not all its items are staged yet)."""
         layout, fs = self.layout, self.layout.fs
         staging = layout.path(staging_dir(shard))
         try:
@@ -175,16 +195,7 @@ class ShardedParquetSink(Datasink[list[int]]):
         indices = merged.column("index").to_numpy()
         keep = [0] + [i for i in range(1, len(indices)) if indices[i] != indices[i - 1]]
         merged = merged.take(keep)
-        if merged.column("index").to_pylist() != list(want):
-            return False
-        if self.fence is not None:
-            self.fence.check(fs)
-        layout.write_atomic(part_name(shard), merged)
-        try:
-            fs.rm(staging, recursive=True)
-        except FileNotFoundError:
-            pass
-        return True
+        return merged if merged.column("index").to_pylist() == list(want) else False
 
     def rows_written(self) -> int:
         """Rows of this sink's shards written so far: committed parts plus staged fragments.

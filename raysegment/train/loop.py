@@ -33,6 +33,8 @@ __all__ = ["Collate", "flat_report", "merged_across_workers", "training_loss", "
 
 STATE = "train_state.pt"
 MODEL = "model.pt"
+#: A rank keeps its validation batches in memory across epochs up to this many bytes.
+VALIDATION_CACHE_BYTES = 512 * 2**20
 
 
 class Collate(NumpyBatchCollateFn):
@@ -150,12 +152,40 @@ def merged_across_workers(acc: MetricAccumulator) -> MetricAccumulator:
     return total
 
 
-def _evaluate(model: torch.nn.Module, plugin: Any, shard: Any, collate: Collate, batch_size: int,
-              device: torch.device) -> MetricAccumulator:
+class ValidationBatches:
+    """This rank's validation batches: read from the dataset in the first epoch, then kept in
+    memory while they fit in ``limit`` bytes, so later epochs do not read and decode them again.
+
+    Validation is never augmented, so every epoch sees the same batches. A share larger than
+    the limit is streamed from the dataset every epoch instead (memory stays bounded).
+    """
+
+    def __init__(self, shard: Any, collate: Collate, batch_size: int, limit: int = VALIDATION_CACHE_BYTES):
+        self.shard, self.collate, self.batch_size, self.limit = shard, collate, batch_size, limit
+        self.kept: list[dict[str, torch.Tensor]] | None = None
+
+    def __iter__(self) -> Any:
+        if self.kept is not None:
+            yield from self.kept
+            return
+        if self.shard is None:
+            self.kept = []
+            return
+        kept: list[dict[str, torch.Tensor]] | None = []
+        size = 0
+        for batch in self.shard.iter_torch_batches(batch_size=self.batch_size, collate_fn=self.collate):
+            if kept is not None:
+                size += sum(t.numel() * t.element_size() for t in batch.values())
+                kept = kept + [batch] if size <= self.limit else None
+            yield batch
+        self.kept = kept
+
+
+def _evaluate(model: torch.nn.Module, plugin: Any, batches: ValidationBatches, device: torch.device) -> MetricAccumulator:
     acc = task_spec(plugin.task).require("metric", "validation")(max(plugin.num_classes, 2), plugin.ignore_index)
     model.eval()
     with torch.no_grad():
-        for batch in (shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate) if shard is not None else []):
+        for batch in batches:
             labels = plugin.reduce(plugin.forward(model, batch["image"].to(device)))["labels"].cpu().numpy()
             acc.update(labels.astype(np.int64), batch["target"].numpy())
     return merged_across_workers(acc)
@@ -198,12 +228,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     compute_loss = training_loss(plugin, cfg.loss, cfg.class_weights)
     divisor = int(plugin.size_divisor)
     augment_config = AugmentConfig.parse(cfg.augment)
-    plain = AugmentConfig.none()
     context = ray.train.get_context()
     rank = context.get_world_rank()
     world = context.get_world_size()
     train_shard = ray.train.get_dataset_shard("train") if cfg.windows is None else None
-    val_shard = _validation_rows(cfg, rank, world)
+    validation = ValidationBatches(_validation_rows(cfg, rank, world),
+                                   Collate(AugmentConfig.none(), seed, 0, divisor, plugin.ignore_index), cfg.batch_size)
     history, best = state["history"], state["best"]
     task = task_spec(plugin.task)
     report = task.require("validation_report", "validation")
@@ -232,8 +262,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _all_reduce(sums)
         _all_reduce(seen)
         seconds = time.perf_counter() - start
-        val = _evaluate(model, plugin, val_shard, Collate(plain, seed, epoch, divisor, plugin.ignore_index),
-                        cfg.batch_size, device).metrics(list(cfg.label_names))
+        val = _evaluate(model, plugin, validation, device).metrics(list(cfg.label_names))
         metrics = {
             "epoch": epoch,
             "train_loss": float(sums[0] / max(sums[1], 1)),

@@ -62,7 +62,6 @@ class FaultyS3Proxy:
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.rate_503 = self.rate_drop = 0.0
         self.rules: list[Rule] = []
-        self.spare: Callable[[str, str, Mapping[str, str]], bool] | None = None  # requests the random faults skip
         self.counts: Counter[str] = Counter()  # requests, requests_<METHOD>, and one per fault kind
         self.faulted: list[tuple[str, str, str]] = []  # (kind, method, path) of every injected fault
         self._rng = random.Random(seed)
@@ -71,15 +70,6 @@ class FaultyS3Proxy:
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="faulty-s3", daemon=True)
         self._thread.start()
-
-    @staticmethod
-    def run_start(method: str, path: str, headers: Mapping[str, str]) -> bool:
-        """The writes that open a run: the lease record's conditional create and the run manifest.
-
-        A fault there that the store's retries do not absorb leaves an output no rerun can use
-        (see test_s3_faults.py's xfail tests), so the rate-driven tests spare them until that is fixed.
-        """
-        return "_raysegment.json" in path or (method == "PUT" and "If-None-Match" in headers)
 
     @property
     def url(self) -> str:
@@ -124,7 +114,7 @@ class FaultyS3Proxy:
                     self.rules[i] = dataclasses.replace(rule, times=rule.times - 1)
                     kind = rule.kind
                     break
-            if kind is None and not (self.spare and self.spare(method, path, headers)):
+            if kind is None:
                 draw = self._rng.random()
                 if draw < self.rate_503:
                     kind = "slow_down" if self._rng.random() < 0.5 else "unavailable"

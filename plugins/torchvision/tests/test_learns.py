@@ -92,10 +92,10 @@ SLOW = pytest.mark.slow
 CASES = [
     pytest.param("lraspp_mobilenet_v3_large", _TWO, {"size": 128}, id="lraspp_mobilenet_v3_large"),
     pytest.param("deeplabv3_mobilenet_v3_large", _AUX, {"grid_stride": 16}, id="deeplabv3_mobilenet_v3_large"),
+    # One ResNet backbone per head, once with the aux head and once without: the -101 builds
+    # differ from these only in backbone depth, which the conformance kit runs (30 s each here).
     pytest.param("fcn_resnet50", _AUX, {}, marks=SLOW, id="fcn_resnet50"),
-    pytest.param("fcn_resnet101", _TWO, {}, marks=SLOW, id="fcn_resnet101"),
-    pytest.param("deeplabv3_resnet50", _AUX, {}, marks=SLOW, id="deeplabv3_resnet50"),
-    pytest.param("deeplabv3_resnet101", _TWO, {}, marks=SLOW, id="deeplabv3_resnet101"),
+    pytest.param("deeplabv3_resnet50", _TWO, {}, marks=SLOW, id="deeplabv3_resnet50"),
 ]
 
 
