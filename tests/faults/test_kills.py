@@ -186,11 +186,16 @@ class _ActorKiller(threading.Thread):
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_a_predictor_sigkilled_twice_mid_run_is_restarted_and_every_item_is_one_row(tmp_path: Path) -> None:
-    folder, out, count = _pngs(tmp_path / "in", 42), tmp_path / "out", 42
+    # Items big enough and a model wide enough that the forward pass, not Ray's per-task cost,
+    # is the slowest stage: rows then land while the predictor still has batches to do, so
+    # both kills meet a predictor with work in flight (with 64 px items and the small U-Net it
+    # could predict everything before the first row landed, and the run end after one kill).
+    folder, out, count = _pngs(tmp_path / "in", 42, size=192), tmp_path / "out", 42
     killer = _ActorKiller(out, kills=2, spare=set(predictors(os.getpid())))
     killer.start()
     try:
-        summary = run_inference(InferenceConfig(input=str(folder), output=str(out), model="unet", params=SMALL_UNET,
+        summary = run_inference(InferenceConfig(input=str(folder), output=str(out), model="unet",
+                                                params={**SMALL_UNET, "base_channels": 24},
                                                 batch_size=2, shard_size=3, actors=(1, 1)))
     finally:
         killer.done.set()
