@@ -176,7 +176,10 @@ class ValidationBatches:
         for batch in self.shard.iter_torch_batches(batch_size=self.batch_size, collate_fn=self.collate):
             if kept is not None:
                 size += sum(t.numel() * t.element_size() for t in batch.values())
-                kept = kept + [batch] if size <= self.limit else None
+                if size <= self.limit:
+                    kept.append(batch)
+                else:
+                    kept = None  # over the limit: stream every epoch, keep nothing
             yield batch
         self.kept = kept
 
