@@ -41,6 +41,7 @@ _UNSAFE_ADVICE = re.compile(r"weights_only|safe_globals|add_safe_globals|trust|f
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _GLOBAL = re.compile(r"GLOBAL ([A-Za-z_][\w.]*)")
 _ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_START = b"\x80"  # the PROTO opcode: every pickle of protocol 2 or later, and torch's legacy format
 _ENFORCE = re.compile(r"\[enforce fail at [^\]]*\]\s*\.?\s*")  # c10's source location: no help to a user
 
 
@@ -149,13 +150,13 @@ def unsafe_load_reason(exc: BaseException, data: bytes) -> str:
         if isinstance(exc, EOFError) or any(w in text for w in ("central directory", "seek", "EOF", "truncated")):
             return f"the file is truncated or corrupt ({_plain_reason(text) or 'its zip archive is incomplete'})"
         return f"it is a zip archive, but not one torch.save wrote ({_plain_reason(text) or type(exc).__name__})"
+    if data[:1] != _PICKLE_START:  # judged by the bytes: the unpickler fails on noise in many ways
+        return "it is not a PyTorch file (neither the zip archive torch.save writes nor a pickle)"
     if isinstance(exc, EOFError):
         return "the file ends early (truncated)"
     if isinstance(exc, pickle.UnpicklingError):
-        if data[:1] == b"\x80":
-            return "it is a plain Python pickle, not a file written by torch.save"
-        return "it is not a PyTorch file (neither the zip archive torch.save writes nor a pickle)"
-    return _plain_reason(text) or type(exc).__name__
+        return "it is a plain Python pickle, not a file written by torch.save"
+    return f"it starts like a pickle but does not read as one ({_plain_reason(text) or type(exc).__name__})"
 
 
 def _plain_reason(text: str) -> str:
