@@ -33,7 +33,17 @@ PARAMS = ["--model", "unet", "--param", "depth=2", "--param", "base_channels=4",
 
 
 def finished_rows(out: Path, shard_size: int) -> int:
-    """Rows on disk: committed parts (whole shards) plus staged fragments (rows in their names)."""
+    """Rows on disk: committed parts (whole shards) plus staged fragments (rows in their names).
+
+    A listing that meets a shard's staging folder as its commit removes it is taken again."""
+    while True:
+        try:
+            return _finished_rows(out, shard_size)
+        except FileNotFoundError:
+            continue
+
+
+def _finished_rows(out: Path, shard_size: int) -> int:
     parts = list(out.glob("part-*.parquet"))
     rows = len(parts) * shard_size
     done = {p.stem.split("-")[1] for p in parts}

@@ -205,11 +205,15 @@ class StalledRunError(RuntimeError):
 _STAGE = re.compile(r"^\s*-\s*(?P<name>.+?): (?P<active>\d+) active task\(s\), (?P<done>\d+) finished", re.M)
 
 
-def describe_stall(exc: BaseException, timeout: float) -> str | None:
+def describe_stall(exc: BaseException, timeout: float, cpus_left: float | None = None) -> str | None:
     """One line for Ray Data's no-progress guard (``ExecutionTimeoutError``, possibly wrapped),
     naming the stage that holds the run up: the first one whose tasks run but never finish (a
     hung read, a stuck model), else, when no task runs at all, the first one (it cannot get a
-    CPU or GPU: the deadlock of a pool that took every core). None for any other failure."""
+    CPU or GPU: the deadlock of a pool that took every core). None for any other failure.
+
+    ``cpus_left``: the cluster's CPUs now, less what the predictor pool asks for. Under one,
+    the pool can hold every CPU (a node was lost and its predictor restarted elsewhere), so a
+    task stage's "running" task is one waiting for a CPU, and the line says so."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -221,14 +225,20 @@ def describe_stall(exc: BaseException, timeout: float) -> str | None:
     stages = [(m["name"].strip(), int(m["active"])) for m in _STAGE.finditer(_ANSI.sub("", str(exc)))]
     waiting = [name for name, active in stages if active == 0]
     busy = [f"{name} ({active} task(s) running)" for name, active in stages if active]
-    if busy:  # the most upstream stage whose tasks run but never finish (a hung read, a stuck model)
+    if cpus_left is not None and cpus_left < 1 and stages:
+        first = next((name for name, _ in stages if "Predictor" not in name), stages[0][0])
+        what = (f"stage {first} has no CPU to run on: the predictor actors ask for all the CPUs the cluster has "
+                f"now ({cpus_left:g} left beside them; was a node lost?)")
+    elif busy:  # the most upstream stage whose tasks run but never finish (a hung read, a stuck model)
         what = f"stage {busy[0]} did not finish a task"
     elif waiting:  # nothing runs at all: the first stage could not get a CPU or GPU
         what = f"stage {waiting[0]} got no task running (no free CPU or GPU for it)"
     else:
         what = "no stage reported progress"
+    advice = ("Rerun with --resume: on the cluster as it is now the pool leaves a CPU free" if cpus_left is not None
+              and cpus_left < 1 and stages else "Rerun with --resume to finish the rest")
     return (f"no progress for {timeout:.0f} s (--stall-timeout): {what}; still running: "
-            f"{', '.join(name for name, _ in stages) or 'none'}. Rerun with --resume to finish the rest")
+            f"{', '.join(name for name, _ in stages) or 'none'}. {advice}")
 
 
 def _describe(exc: BaseException) -> str | None:
@@ -276,6 +286,17 @@ class ActorPlan:
     num_cpus: float
     num_gpus: float
     threads: int | None  # torch intra-op threads per actor on CPU
+    #: The cluster's CPUs left once the pool is at its largest: what the CPU stages can reserve.
+    spare_cpus: float = 0.0
+
+    def reserves(self, cpu_stages: int) -> bool:
+        """Whether Ray Data can reserve one task's CPU for each of ``cpu_stages`` stages beside the pool.
+
+        Ray Data reserves at least one task per stage, upstream stages first: a stage left
+        without a reservation waits until the stages before it have finished, so its work
+        would pile up and land only at the end.
+        """
+        return self.spare_cpus >= cpu_stages
 
     def describe(self) -> str:
         pool = f"{self.min_size}" if self.min_size == self.max_size else f"{self.min_size}..{self.max_size}"
@@ -312,7 +333,10 @@ def plan_actors(
 
     On CPU the actor reserves one CPU (leaving the rest to decode/encode
     tasks) but runs torch on its share of the node, so the forward pass is not
-    throttled to a single thread while decoding overlaps it.
+    throttled to a single thread while decoding overlaps it. The pool never reserves
+    the cluster's last CPU: where whole CPUs per actor would take it, the actors ask for none
+    (they still run torch on their share of the cores), so the read and decode tasks always
+    have one to run on (``--actors 2`` on two CPUs would otherwise wait forever).
     """
     gpus = float(resources.get("GPU", 0.0))
     cpus = max(1, int(resources.get("CPU", 1)))
@@ -327,10 +351,22 @@ def plan_actors(
         if per > gpus:
             raise ValueError(f"--gpus-per-actor {per:g} exceeds the {gpus:g} GPU(s) in the cluster")
         lo, hi = actors or (1, max(1, int(gpus // per)))
-        return ActorPlan(lo, hi, num_cpus=1.0, num_gpus=per, threads=threads)
+        return ActorPlan(lo, hi, num_cpus=_cpus_per_actor(cpus, hi), num_gpus=per, threads=threads,
+                         spare_cpus=cpus - hi * _cpus_per_actor(cpus, hi))
     if gpus_per_actor:
         raise ValueError(f"--gpus-per-actor {gpus_per_actor:g} asked for, but the cluster has no GPU")
     lo, hi = actors or (1, 1)
     if hi > cpus:
         raise ValueError(f"--actors {lo}:{hi} exceeds the {cpus} CPU(s) in the cluster")
-    return ActorPlan(lo, hi, num_cpus=1.0, num_gpus=0.0, threads=threads or max(1, cpus // hi))
+    per_actor = _cpus_per_actor(cpus, hi)
+    if per_actor < 1:
+        log.info("%d CPU actor(s) on %d CPU(s): they reserve none, so the CPUs stay free for decoding",
+                    hi, cpus)
+    return ActorPlan(lo, hi, num_cpus=per_actor, num_gpus=0.0, threads=threads or max(1, cpus // hi),
+                     spare_cpus=cpus - hi * per_actor)
+
+
+def _cpus_per_actor(cpus: int, actors: int) -> float:
+    """One CPU per actor, or none where that would take the last one. Not a fraction: actors of
+    half a CPU on two 1-CPU nodes would leave half a CPU on each, and no task fits in that."""
+    return 1.0 if cpus - actors >= 1 else 0.0

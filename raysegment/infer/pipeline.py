@@ -40,6 +40,8 @@ log = logging.getLogger("raysegment")
 
 PREDICTOR_MEMORY = 1024 * 2**20  # bytes reserved per predictor actor
 PROGRESS_POLL_S = 2.0  # how often the progress bar lists the output (two listings a poll)
+#: The untiled pipeline's task stages beside the predictor pool, one CPU each: read, decode, encode.
+UNTILED_CPU_STAGES = 3
 
 
 @dataclasses.dataclass
@@ -186,7 +188,8 @@ def _tiling(config: InferenceConfig, spec: ModelSpec) -> Tiling | None:
     return tiling
 
 
-def _predict(ds, config: InferenceConfig, plan: _Plan, actors: ActorPlan):
+def _predict(ds, config: InferenceConfig, plan: _Plan, actors: ActorPlan, stager: Any = None):
+    """The predictor pool; with a ``stager`` (the sink) it also encodes and stages each batch."""
     import ray.data
 
     options = PredictOptions(config.precision, config.channels_last, actors.threads, tiled=plan.tiling is not None)
@@ -194,7 +197,8 @@ def _predict(ds, config: InferenceConfig, plan: _Plan, actors: ActorPlan):
         Predictor,
         batch_size=config.batch_size,
         batch_format="numpy",
-        fn_constructor_kwargs={"spec": plan.spec, "options": options, "storage_options": config.storage_options},
+        fn_constructor_kwargs={"spec": plan.spec, "options": options, "storage_options": config.storage_options,
+                               "stager": stager},
         compute=ray.data.ActorPoolStrategy(min_size=actors.min_size, max_size=actors.max_size),
         num_cpus=actors.num_cpus,
         num_gpus=actors.num_gpus or None,
@@ -256,6 +260,13 @@ def _build_dataset(config: InferenceConfig, plan: _Plan, actors: ActorPlan):
         num_cpus=1,
         udf_modifying_row_count=False,
     )
+    if not actors.reserves(UNTILED_CPU_STAGES):
+        # Too few CPUs to reserve one for encoding beside the read and decode stages: Ray Data
+        # would hold every encode task back until decoding had finished, so nothing would be
+        # durable until the end. The predictor then encodes and stages each batch itself.
+        log.info("the predictor encodes its batches: %g CPU(s) beside the pool leave none to reserve for an "
+                 "encode stage", actors.spare_cpus)
+        return _predict(ds, config, plan, actors, stager=plan.sink)
     ds = _predict(ds, config, plan, actors)
     return ds.map_batches(
         encode_batch,
@@ -313,7 +324,8 @@ def _execute(config: InferenceConfig, plan: _Plan, start: float) -> RunSummary:
                 try:
                     ds.write_datasink(sink)
                 except Exception as exc:
-                    stalled = describe_stall(exc, config.stall_timeout)
+                    cpus_left = cluster_resources().get("CPU", 0.0) - actors.max_size * actors.num_cpus
+                    stalled = describe_stall(exc, config.stall_timeout, cpus_left)
                     if stalled is None:
                         raise
                     raise StalledRunError(stalled) from None

@@ -2,7 +2,9 @@
 
 1. :func:`decode_batch` (CPU task): read bytes, decode, plugin ``preprocess``.
 2. :class:`Predictor` (actor, GPU where there is one): ``forward`` + ``reduce``.
-3. :func:`encode_batch` (CPU task): plugin ``postprocess`` + COCO RLE.
+3. :func:`encode_batch` (CPU task): plugin ``postprocess`` + COCO RLE, each batch staged
+   durably. On a cluster too small to reserve a CPU for this stage beside the others, the
+   predictor calls it on its own output instead (``Predictor(stager=...)``).
 
 Every row carries ``status``/``error``; a stage that fails on one item turns
 that row into an error row and passes the rest on, so no input is ever lost.
@@ -92,10 +94,18 @@ class PredictOptions:
 
 
 class Predictor:
-    """Stateful actor UDF: loads the model once, then runs batches on its device."""
+    """Stateful actor UDF: loads the model once, then runs batches on its device.
 
-    def __init__(self, spec: ModelSpec, options: PredictOptions, storage_options: dict[str, Any] | None = None):
+    With a ``stager`` (the run's sink) it returns encoded rows, staged as it goes, like
+    :func:`encode_batch`: what a killed run has predicted is then durable even where Ray Data
+    could not schedule a separate encode stage until the end.
+    """
+
+    def __init__(self, spec: ModelSpec, options: PredictOptions, storage_options: dict[str, Any] | None = None,
+                 stager: Any = None):
         import torch
+
+        self.stager = stager
 
         from raysegment.plugin.checkpoint import load_checkpoint, load_weights
 
@@ -166,7 +176,10 @@ class Predictor:
                     payload[i] = pack(out)
                 except Exception as exc:
                     status[i], error[i], payload[i] = "error", stage_failed("inference", exc), b""
-        return {**batch, "status": status, "error": error, "payload": payload}
+        out = {**batch, "status": status, "error": error, "payload": payload}
+        if self.stager is not None:
+            return encode_batch(out, spec=self.spec, stager=self.stager)
+        return out
 
 
 def _has_gpu_assigned() -> bool:

@@ -101,6 +101,19 @@ def _rows_landed(out: Path) -> bool:
     return any(out.glob("part-*.parquet")) or any(out.glob("_staging/shard-*/frag-*.parquet"))
 
 
+def _durable(out: Path, shard_size: int) -> int:
+    """Items a resume keeps: rows of committed parts, plus the distinct items staged for the others."""
+    import pyarrow.parquet as pq
+
+    parts = {p.stem.split("-")[1] for p in out.glob("part-*.parquet")}
+    staged = 0
+    for folder in out.glob("_staging/shard-*"):
+        if folder.name.split("-")[1] not in parts:
+            frags = sorted(folder.glob("frag-*.parquet"))
+            staged += len({i for f in frags for i in pq.read_table(f, columns=["index"]).column("index").to_pylist()})
+    return len(parts) * shard_size + staged
+
+
 def _until(what: str, ready: Callable[[], bool], timeout: float = DEADLINE_S, alive: Callable[[], bool] = lambda: True):
     """Poll ``ready`` (no fixed sleep stands in for an event); fail naming ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -225,7 +238,7 @@ def test_a_sigkilled_driver_is_resumed_exactly_once_under_its_run_id(tmp_path: P
     killed_tmp = ray_tmp()
     run = _infer(folder, out, killed_tmp, tmp_path / "killed.log")
     try:
-        _until("a part was committed", lambda: _parts(out) > 0, alive=lambda: run.poll() is None)
+        _until("a batch was staged", lambda: _rows_landed(out), alive=lambda: run.poll() is None)
         holder = lease_holder(OutputRoot(str(out)).fs, str(out / LEASE_FOLDER))
         assert holder is not None and holder.pid == run.pid and not holder.released
         run_id = json.loads((out / MANIFEST).read_text())["run_id"]
@@ -236,10 +249,12 @@ def test_a_sigkilled_driver_is_resumed_exactly_once_under_its_run_id(tmp_path: P
         if run.poll() is None:
             run.kill()
             run.wait(timeout=30)
-    committed = _parts(out)
+    committed, durable = _parts(out), _durable(out, 3)
     assert committed < count // 3 and not (out / SUCCESS).exists(), "the kill came after the run finished"
+    assert 0 < durable < count, durable  # finished items outlive the kill, parts or not
     took = wait_until_gone(killed_tmp)  # no process of the killed run's Ray remains
-    print(f"killed driver: {committed}/{count // 3} parts committed, its Ray gone {took:.1f} s later")
+    print(f"killed driver: {committed}/{count // 3} parts committed, {durable} item(s) durable, its Ray gone "
+          f"{took:.1f} s later")
 
     resume_tmp = ray_tmp()
     resumed = _infer(folder, out, resume_tmp, tmp_path / "resumed.log", "--resume")
@@ -254,6 +269,8 @@ def test_a_sigkilled_driver_is_resumed_exactly_once_under_its_run_id(tmp_path: P
     # Taken over at once: the TTL is an hour, so only "its process is gone" could free the lease.
     assert f"taking over output {out} from run {run_id}: its process {run.pid} on this host is gone" in stderr
     assert json.loads((out / MANIFEST).read_text())["run_id"] == run_id  # a resume keeps the run id
+    # Item-level resume: the resume ran exactly the items that were not durable at the kill.
+    assert f"rows written {count - durable} " in (tmp_path / "resumed.log").read_text(), (durable, stderr[-2000:])
     rows = assert_exactly_once(folder, out)
     assert all(r["status"] == "ok" for r in rows)
     final = lease_holder(OutputRoot(str(out)).fs, str(out / LEASE_FOLDER))
@@ -279,7 +296,7 @@ CLUSTER_SCRIPT = textwrap.dedent("""
     fast = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
             "health_check_timeout_ms": 500, "health_check_failure_threshold": 3}
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "_system_config": fast})
-    workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
+    workers = [cluster.add_node(num_cpus=int(sys.argv[4])) for _ in range(2)]
     cluster.wait_for_nodes()
     result = {}
 
@@ -324,14 +341,21 @@ CLUSTER_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_a_removed_node_with_a_predictor_neither_hangs_nor_loses_or_doubles_a_row(tmp_path: Path) -> None:
+@pytest.mark.parametrize("worker_cpus", [2, 1], ids=["cpus-to-spare", "pool-takes-the-last-cpu"])
+def test_a_removed_node_with_a_predictor_neither_hangs_nor_loses_or_doubles_a_row(tmp_path: Path,
+                                                                                   worker_cpus: int) -> None:
+    """Workers of 2 CPUs: 5 CPUs, so the encode stage has a CPU of its own and the restarted
+    predictor finds a free one. Workers of 1 CPU: the restarted predictor takes the last CPU
+    left, the run ends in one line naming that, and the resume (same pool, the smaller cluster)
+    reserves no CPU for its actors and finishes."""
     folder, out, count, stall = _pngs(tmp_path / "in", 24), tmp_path / "out", 24, 30
     script = tmp_path / "cluster.py"
     helpers = f"PREDICTOR_TITLE = {PREDICTOR_TITLE!r}\n" + inspect.getsource(_process_table) + inspect.getsource(predictors)
     script.write_text(CLUSTER_SCRIPT.replace("{helpers}", helpers))
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAYSEGMENT_DEBUG")}
     path = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)  # this tree, on every node too
-    proc = subprocess.run([sys.executable, str(script), str(folder), str(out), str(stall)], capture_output=True,
+    proc = subprocess.run([sys.executable, str(script), str(folder), str(out), str(stall), str(worker_cpus)],
+                          capture_output=True,
                           text=True, timeout=420, cwd=ROOT, env=env | {"RAYSEGMENT_PROGRESS": "0", "PYTHONPATH": path})
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -343,6 +367,8 @@ def test_a_removed_node_with_a_predictor_neither_hangs_nor_loses_or_doubles_a_ro
     if result["outcome"] == "failed":  # a pool that lost its node's CPUs: one line, then --resume finished it
         assert "\n" not in result["error"] and result["error"], result
         assert result["error_type"] == "StalledRunError" or result["error"].startswith(("Ray ", "a Ray node died")), result
+        if result["error_type"] == "StalledRunError":  # the pool's CPUs named, not a hung read
+            assert "has no CPU to run on: the predictor actors ask for all the CPUs" in result["error"], result
         assert result.get("resumed") is True
     assert (result["items"], result["ok"]) == (count, count)
     assert_exactly_once(folder, out)

@@ -203,3 +203,20 @@ def test_memory_filesystem_input(em_subset: Path, unet_checkpoint: str, tmp_path
     assert df.loc["memory://mem-input/empty.png", "error"] == "empty file (0 bytes)"
     with pytest.raises(OutputError, match="Ray workers cannot write"):
         run_inference(_config("memory://mem-input", "memory://mem-out", unet_checkpoint))
+
+
+def test_a_pool_as_large_as_the_cluster_still_leaves_a_cpu_for_decoding(
+    em_subset: Path, unet_checkpoint: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two predictors on the session's two CPUs: with a whole CPU each, no read or decode task could
+    ever start (the run stalled until --stall-timeout). They reserve none instead, and with two
+    CPUs for three task stages the predictors encode and stage their own batches."""
+    caplog.set_level("INFO", logger="raysegment")
+    summary = run_inference(_config(em_subset / "*.png", tmp_path / "out", unet_checkpoint, actors=(2, 2),
+                                    batch_size=1, shard_size=2, stall_timeout=120))
+    assert summary.actors == "2 predictor actor(s), each CPU, 1 threads"
+    assert (summary.items, summary.ok) == (10, 10)
+    assert "2 CPU actor(s) on 2 CPU(s): they reserve none, so the CPUs stay free for decoding" in caplog.text
+    assert "the predictor encodes its batches: 2 CPU(s) beside the pool" in caplog.text
+    table = read_output(str(tmp_path / "out"))
+    assert sorted(table.column("index").to_pylist()) == list(range(10))

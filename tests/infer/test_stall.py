@@ -94,3 +94,27 @@ def test_a_pool_that_took_every_cpu_names_the_first_stage_that_cannot_run() -> N
     assert line is not None and line.startswith(
         "no progress for 300 s (--stall-timeout): stage MapBatches(decode_batch) got no task running")
     assert describe_stall(ValueError("other"), 300) is None
+
+
+def test_a_pool_that_holds_every_cpu_left_is_named_as_the_cause() -> None:
+    """A lost node: its predictor restarted on the last free CPU, and the read task Ray Data counts
+    as running is one waiting for a CPU. With the CPUs left beside the pool (0) the line says so
+    instead of blaming a hung read; with a CPU left, the same report blames the read."""
+    from ray.data.exceptions import ExecutionTimeoutError
+
+    from raysegment.runtime import describe_stall
+
+    exc = ExecutionTimeoutError(
+        "Dataset execution made no progress for at least 30s of scheduling time (timeout: 30s).\n"
+        "Operators still running:\n"
+        "  - ReadRaysegmentShards: 1 active task(s), 4 finished, 4 outputs taken\n"
+        "  - MapBatches(decode_batch): 0 active task(s), 4 finished, 4 outputs taken\n"
+        "  - MapBatches(Predictor): 1 active task(s), 3 finished, 3 outputs taken\n")
+    starved = describe_stall(exc, 30, cpus_left=0.0)
+    assert starved is not None and "\n" not in starved
+    assert starved.startswith("no progress for 30 s (--stall-timeout): stage ReadRaysegmentShards has no CPU to run "
+                              "on: the predictor actors ask for all the CPUs the cluster has now (0 left"), starved
+    assert starved.endswith("Rerun with --resume: on the cluster as it is now the pool leaves a CPU free"), starved
+    hung = describe_stall(exc, 30, cpus_left=1.0)
+    assert hung is not None and "stage ReadRaysegmentShards (1 task(s) running) did not finish a task" in hung
+    assert hung.endswith("Rerun with --resume to finish the rest")
