@@ -277,6 +277,14 @@ def cluster_resources() -> dict[str, float]:
     return dict(ray.cluster_resources())
 
 
+def free_resources() -> dict[str, float]:
+    """What the connected cluster has free now: other jobs' (or an earlier failed run's) actors
+    hold the rest, so the pool must not count on it."""
+    import ray
+
+    return dict(ray.available_resources())
+
+
 @dataclasses.dataclass(frozen=True)
 class ActorPlan:
     """How many predictor actors to run, and what each asks Ray for."""
@@ -328,18 +336,22 @@ def plan_actors(
     resources: dict[str, float],
     threads: int | None = None,
     joined: bool = False,
+    free: dict[str, float] | None = None,
 ) -> ActorPlan:
     """Size the pool from the cluster: one actor per GPU share, or CPU actors without GPUs.
 
     On CPU the actor reserves one CPU (leaving the rest to decode/encode
     tasks) but runs torch on its share of the node, so the forward pass is not
     throttled to a single thread while decoding overlaps it. The pool never reserves
-    the cluster's last CPU: where whole CPUs per actor would take it, the actors ask for none
+    the cluster's last free CPU (``free``: what is free now; others may hold the rest, such
+    as the actor of a run that failed in this Ray session, which Ray Data lets linger for
+    lineage): where whole CPUs per actor would take it, the actors ask for none
     (they still run torch on their share of the cores), so the read and decode tasks always
     have one to run on (``--actors 2`` on two CPUs would otherwise wait forever).
     """
     gpus = float(resources.get("GPU", 0.0))
     cpus = max(1, int(resources.get("CPU", 1)))
+    free_cpus = min(cpus, int((free if free is not None else resources).get("CPU", cpus)))
     if gpus_per_actor is not None and gpus_per_actor < 0:
         raise ValueError("--gpus-per-actor must be >= 0")
     use_gpu = (gpus > 0 and gpus_per_actor != 0) or (joined and bool(gpus_per_actor))
@@ -351,19 +363,19 @@ def plan_actors(
         if per > gpus:
             raise ValueError(f"--gpus-per-actor {per:g} exceeds the {gpus:g} GPU(s) in the cluster")
         lo, hi = actors or (1, max(1, int(gpus // per)))
-        return ActorPlan(lo, hi, num_cpus=_cpus_per_actor(cpus, hi), num_gpus=per, threads=threads,
-                         spare_cpus=cpus - hi * _cpus_per_actor(cpus, hi))
+        return ActorPlan(lo, hi, num_cpus=_cpus_per_actor(free_cpus, hi), num_gpus=per, threads=threads,
+                         spare_cpus=free_cpus - hi * _cpus_per_actor(free_cpus, hi))
     if gpus_per_actor:
         raise ValueError(f"--gpus-per-actor {gpus_per_actor:g} asked for, but the cluster has no GPU")
     lo, hi = actors or (1, 1)
     if hi > cpus:
         raise ValueError(f"--actors {lo}:{hi} exceeds the {cpus} CPU(s) in the cluster")
-    per_actor = _cpus_per_actor(cpus, hi)
+    per_actor = _cpus_per_actor(free_cpus, hi)
     if per_actor < 1:
-        log.info("%d CPU actor(s) on %d CPU(s): they reserve none, so the CPUs stay free for decoding",
-                    hi, cpus)
+        log.info("%d CPU actor(s) with %d CPU(s) free: they reserve none, so the CPUs stay free for decoding",
+                 hi, free_cpus)
     return ActorPlan(lo, hi, num_cpus=per_actor, num_gpus=0.0, threads=threads or max(1, cpus // hi),
-                     spare_cpus=cpus - hi * per_actor)
+                     spare_cpus=free_cpus - hi * per_actor)
 
 
 def _cpus_per_actor(cpus: int, actors: int) -> float:

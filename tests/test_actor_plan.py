@@ -39,3 +39,11 @@ def test_reserves_counts_the_cpu_stages_beside_the_pool() -> None:
 def test_a_pool_that_cannot_fit_is_one_line(actors, gpus, resources, words: str) -> None:
     with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
         plan_actors(actors, gpus, resources)
+
+
+def test_cpus_others_hold_are_not_counted_on() -> None:
+    """One of two CPUs held by another actor (a failed run's predictor lingers in a shared Ray
+    session): the new pool reserves none, so the one free CPU stays for reading and decoding."""
+    plan = plan_actors(None, None, {"CPU": 2.0}, free={"CPU": 1.0})
+    assert (plan.num_cpus, plan.spare_cpus, plan.threads) == (0.0, 1.0, 2)
+    assert plan_actors(None, None, {"CPU": 8.0}, free={"CPU": 3.0}).num_cpus == 1.0

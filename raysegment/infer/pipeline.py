@@ -30,7 +30,15 @@ from raysegment.output.sink import IncompleteOutputError, ShardedParquetSink
 from raysegment.plugin.contract import Modality
 from raysegment.plugin.spec import ModelSpec, resolve_model
 from raysegment.progress import progress
-from raysegment.runtime import ActorPlan, StalledRunError, cluster_resources, describe_stall, ensure_ray, plan_actors
+from raysegment.runtime import (
+    ActorPlan,
+    StalledRunError,
+    cluster_resources,
+    describe_stall,
+    ensure_ray,
+    free_resources,
+    plan_actors,
+)
 from raysegment.tasks.spec import task_spec
 from raysegment.uri import redact
 
@@ -158,12 +166,20 @@ def _plan(config: InferenceConfig) -> _Plan:
     lease = root.prepare(manifest, resume=config.resume, overwrite=config.overwrite)
     try:
         done = root.committed(shards, lease.run_id) if config.resume else set()
-        pending = [s for s in shards if s.id not in done]
-        # Item-level resume (untiled): keep this run id's staged items, redo only the others.
+        # Item-level resume (untiled): keep this run id's staged items, redo only the others;
+        # items whose read outlasted the storage retries are redone too, in shards reopened.
         keep = lease.run_id if config.resume and tiling is None else None
+        reopen = root.retryable(done) if keep else {}
+        done -= set(reopen)
+        pending = [s for s in shards if s.id not in done]
         root.clear_staging([s.id for s in pending], keep_run_id=keep)
         sink = ShardedParquetSink(config.output, {s.id: range(s.start, s.start + len(s.uris)) for s in pending},
                                   config.storage_options, lease.fence(), staged=tiling is None)
+        for sid, rows in reopen.items():
+            sink.reopen(sid, rows)
+        if reopen:
+            log.warning("redoing %d item(s) whose storage read failed in an earlier attempt",
+                        sum(len(s.uris) for s in shards if s.id in reopen) - sum(t.num_rows for t in reopen.values()))
         staged = {s.id: sink.staged_items(s.id) for s in pending} if keep else {}
         complete = {sid for sid, items in staged.items() if items and sink.try_commit(sid)}  # killed before commit
         pending = [s for s in pending if s.id not in complete]
@@ -226,7 +242,8 @@ def _build_tiled_dataset(config: InferenceConfig, plan: _Plan, actors: ActorPlan
     ds = ds.map_batches(read_windows, batch_size=config.batch_size, batch_format="numpy", fn_kwargs=common,
                         num_cpus=1, udf_modifying_row_count=False)
     ds = _predict(ds, config, plan, actors)
-    outputs = GeoOutputOptions(config.output, config.mask_raster, config.polygons, config.storage_options)
+    outputs = GeoOutputOptions(config.output, config.mask_raster, config.polygons, config.storage_options,
+                               fence=plan.lease.fence())
     return ds.map_batches(
         SceneMerger,
         batch_size=config.batch_size,
@@ -306,7 +323,8 @@ def _execute(config: InferenceConfig, plan: _Plan, start: float) -> RunSummary:
         started = ensure_ray(config.address)
         try:
             actors = plan_actors(
-                config.actors, config.gpus_per_actor, cluster_resources(), config.threads, joined=not started
+                config.actors, config.gpus_per_actor, cluster_resources(), config.threads, joined=not started,
+                free=free_resources(),
             )
             actors_text = actors.describe()
             todo = sum(len(s.uris) for s in plan.pending)  # the bar counts staged items as done at once
@@ -338,7 +356,8 @@ def _execute(config: InferenceConfig, plan: _Plan, start: float) -> RunSummary:
         raise IncompleteOutputError(f"output holds {foreign} row(s) another run committed; rerun with --resume")
     if rows_total != plan.num_items or distinct != plan.num_items:
         raise IncompleteOutputError(
-            f"output holds {rows_total} row(s) for {distinct} distinct item(s), expected {plan.num_items}"
+            f"output holds {rows_total} row(s) for {distinct} distinct item(s), expected {plan.num_items}; rerun "
+            "with --resume to redo the missing ones"
         )
     summary = RunSummary(
         output=redact(config.output),

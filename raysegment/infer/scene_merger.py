@@ -28,6 +28,7 @@ import pyarrow as pa
 from raysegment.infer.tiled_stages import Tiling, scene_plan
 from raysegment.io.payload import unpack
 from raysegment.masks.scene_segments import PlaneSegments, VolumeSegments
+from raysegment.output.lease import Fence
 from raysegment.output.root import MASKS_FOLDER, POLYGONS_FOLDER
 from raysegment.output.schema import OUTPUT_SCHEMA
 from raysegment.plugin.spec import ModelSpec
@@ -49,8 +50,9 @@ class GeoOutputOptions:
     """Which per-scene files to write beside the Parquet output (2D scenes only)."""
 
     def __init__(self, root: str, mask_raster: bool = False, polygons: bool = False,
-                 storage_options: dict[str, Any] | None = None) -> None:
+                 storage_options: dict[str, Any] | None = None, fence: Fence | None = None) -> None:
         self.root = root
+        self.fence = fence  # each file is put in place only while the run holds the output
         self.mask_raster = mask_raster
         self.polygons = polygons
         self.storage_options = dict(storage_options or {})
@@ -94,12 +96,13 @@ class _Scene:
         if outputs.mask_raster:
             self.files["mask_raster"] = f"{MASKS_FOLDER}/{stem}.tif"
             self.writers.append(MaskRasterWriter(join_inside(outputs.root, self.files["mask_raster"]),
-                                                 self.shape, georef, outputs.storage_options))
+                                                 self.shape, georef, outputs.storage_options,
+                                                 fence=outputs.fence))
         if outputs.polygons:
             self.files["polygons"] = f"{POLYGONS_FOLDER}/{stem}.parquet"
             self.writers.append(PolygonWriter(join_inside(outputs.root, self.files["polygons"]), georef,
                                               self.spec.label_names, outputs.storage_options,
-                                              source_uri=redact(self.uri), skip_labels=(0,)))
+                                              source_uri=redact(self.uri), skip_labels=(0,), fence=outputs.fence))
 
     @property
     def done(self) -> bool:

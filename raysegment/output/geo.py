@@ -31,6 +31,7 @@ import numpy as np
 
 from raysegment.io.scenes.base import Georef
 from raysegment.output.atomic import write_atomic
+from raysegment.output.lease import Fence
 from raysegment.uri import filesystem, redact
 
 __all__ = ["GeoOutputError", "MaskRasterWriter", "PolygonWriter"]
@@ -101,9 +102,12 @@ def _scrub(text: str, uri: str) -> str:
     return line
 
 
-def _upload_atomic(local: str, uri: str, storage_options: dict | None) -> None:
-    """Copy a local file to a hidden temp name beside ``uri``, then move it into place."""
+def _upload_atomic(local: str, uri: str, storage_options: dict | None, fence: Fence | None = None) -> None:
+    """Copy a local file to a hidden temp name beside ``uri``, then move it into place; with a
+    ``fence``, only while the run still holds the output (a run that lost it writes nothing more)."""
     fs, path = filesystem(uri, storage_options)
+    if fence is not None:
+        fence.check(fs)  # LeaseLost says itself what happened
     try:
         write_atomic(fs, path, local_file=local)
     except Exception as exc:
@@ -154,7 +158,8 @@ class MaskRasterWriter(_SceneFile):
     kind = "mask writer"
 
     def __init__(self, uri: str, shape: tuple[int, int], georef: Georef | None,
-                 storage_options: dict | None = None, nodata: int = 255, block: int = 512) -> None:
+                 storage_options: dict | None = None, nodata: int = 255, block: int = 512,
+                 fence: Fence | None = None) -> None:
         rasterio = _need("rasterio", "the COG mask output")
         height, width = (int(v) for v in shape)
         if height <= 0 or width <= 0:
@@ -165,6 +170,7 @@ class MaskRasterWriter(_SceneFile):
             raise ValueError(f"block must be a positive multiple of 16 (GeoTIFF tiles), got {block}")
         self.uri, self.shape, self.georef = uri, (height, width), georef
         self.storage_options, self.nodata, self.block = storage_options, int(nodata), int(block)
+        self.fence = fence
         self._written: list[tuple[int, int, int, int]] = []
         self._state = "open"
         self._dir = tempfile.mkdtemp(prefix="raysegment-cog-")
@@ -249,7 +255,7 @@ class MaskRasterWriter(_SceneFile):
                 # The COG driver streams from the source dataset; nearest overviews keep class ids.
                 rasterio.shutil.copy(self._tmp, cog, driver="COG", compress="deflate", blocksize=self.block,
                                      resampling="nearest", bigtiff="IF_SAFER")
-            _upload_atomic(cog, self.uri, self.storage_options)
+            _upload_atomic(cog, self.uri, self.storage_options, self.fence)
         except rasterio.errors.RasterioError as exc:
             raise GeoOutputError(f"cannot build the COG for {redact(self.uri)}: {_scrub(str(exc), self.uri)}") from None
         finally:
@@ -271,12 +277,14 @@ class PolygonWriter(_SceneFile):
     kind = "polygon writer"
 
     def __init__(self, uri: str, georef: Georef | None, label_names: Sequence[str],
-                 storage_options: dict | None = None, source_uri: str = "", skip_labels: Sequence[int] = ()) -> None:
+                 storage_options: dict | None = None, source_uri: str = "", skip_labels: Sequence[int] = (),
+                 fence: Fence | None = None) -> None:
         _need("shapely", "the polygon output")
         _need("geopandas", "the polygon output")
         _need("rasterio", "the polygon output")
         self.uri, self.georef, self.label_names = uri, georef, list(label_names)
         self.storage_options, self.source_uri = storage_options, redact(source_uri)
+        self.fence = fence
         self.skip_labels = {int(v) for v in skip_labels}
         # Pixel-space polygons (scene pixel coordinates): inside a block, or touching its edge.
         self._inner: dict[int, list[Any]] = {}
@@ -369,7 +377,7 @@ class PolygonWriter(_SceneFile):
             with tempfile.TemporaryDirectory(prefix="raysegment-gpq-") as folder:
                 local = posixpath.join(folder, "polygons.parquet")
                 frame.to_parquet(local, index=False, compression="zstd")
-                _upload_atomic(local, self.uri, self.storage_options)
+                _upload_atomic(local, self.uri, self.storage_options, self.fence)
         finally:
             self._inner, self._edge = {}, {}
         self._state = "closed"

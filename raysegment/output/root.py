@@ -14,16 +14,17 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 from raysegment import __version__
-from raysegment.errors import InputSpecError
+from raysegment.errors import InputSpecError, is_transient_message
 from raysegment.io.sources import Shard
 from raysegment.output.atomic import write_atomic
 from raysegment.output.lease import LEASE_FOLDER, Lease, LeaseHeld, acquire_lease, lease_holder, new_run_id
@@ -126,6 +127,23 @@ class OutputRoot:
         foreign = set(table.filter(pc.invert(pc.fill_null(pc.equal(table.column("run_id"), run_id), False)))
                       .column("shard").to_pylist())
         return present - foreign
+
+    def retryable(self, shard_ids: Iterable[int]) -> dict[int, pa.Table]:
+        """Committed shards among ``shard_ids`` with error rows worth retrying (a storage failure
+        that outlasted the retries), each with the rest of its rows: what a resume keeps."""
+        wanted = set(shard_ids)
+        if not wanted:
+            return {}
+        errors = self.read(columns=["shard", "error"]).filter(pc.is_valid(pc.field("error")))  # two small columns
+        shards = sorted({s for s, e in zip(errors.column("shard").to_pylist(), errors.column("error").to_pylist())
+                         if s in wanted and is_transient_message(e)})
+        kept = {}
+        for shard in shards:
+            with self.fs.open(self.join(part_name(shard)), "rb") as f:
+                part = pq.read_table(f, schema=OUTPUT_SCHEMA)
+            transient = pa.array([is_transient_message(e) for e in part.column("error").to_pylist()], pa.bool_())
+            kept[shard] = part.filter(pc.invert(transient))
+        return kept
 
     def prepare(self, manifest: RunManifest, *, resume: bool, overwrite: bool) -> Lease:
         """Check the root before any work starts, take its lease, and write the manifest.

@@ -130,6 +130,15 @@ class ShardedParquetSink(Datasink[list[int]]):
                 self.layout.write_atomic(name, part)
         return touched
 
+    def reopen(self, shard: int, keep: pa.Table) -> None:
+        """Turn committed ``shard`` back into staged rows (``keep``), so a resume redoes only its
+        other items: the fragment is written before the part goes, so a crash between the two
+        leaves the shard committed as it was."""
+        if keep.num_rows:
+            self.stage(keep)
+        with storage_step("commit", self.layout.root, f"shard {shard} (reopened) to"):
+            self.layout.fs.rm(self.layout.path(part_name(shard)))
+
     def staged_items(self, shard: int) -> set[int]:
         """Indices of ``shard`` already staged by this run id (a killed attempt's finished items)."""
         if self.fence is None:
@@ -226,4 +235,6 @@ class ShardedParquetSink(Datasink[list[int]]):
         committed = {s for r in write_result.write_returns for s in r}
         short = [s for s in sorted(self.expected) if s not in committed and not self.try_commit(s)]
         if short:
-            raise IncompleteOutputError(f"{len(short)} shard(s) could not be committed complete, first: {short[0]}")
+            raise IncompleteOutputError(
+                f"{len(short)} shard(s) lack rows at the end of the run (first: shard {short[0]}): a stage that died "
+                "can lose what it held (a tiled run's merger, its unfinished scenes); rerun with --resume to redo them")

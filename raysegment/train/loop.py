@@ -289,6 +289,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                 normalization=spec.normalization)
                 torch.save({"optimizer": optimizer.state_dict(), "epoch": epoch, "best": best,
                             "history": json.dumps(history)}, os.path.join(folder, STATE))
+                if cfg.run is not None:
+                    cfg.run.hold()  # a run that lost its folder hands Ray Train no checkpoint to write there
                 ray.train.report(flat_report(metrics), checkpoint=ray.train.Checkpoint.from_directory(folder))
             if cfg.run is not None:
                 cfg.run.write_history(history)  # progress survives a crash

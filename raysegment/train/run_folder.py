@@ -44,11 +44,16 @@ class RunFolder:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_lease": None, "_beat": None}
 
+    def hold(self) -> None:
+        """Raise :class:`LeaseLost` unless this run still holds the folder: rank 0 calls it before
+        each checkpoint it hands Ray Train, which writes into the folder on its own."""
+        if self.fence is not None:
+            self.fence.check(self.fs)
+
     def write(self, name: str, data: bytes) -> None:
         """Write-then-rename, so a crash mid-epoch never leaves a half-written report or history;
         only while this run holds the folder."""
-        if self.fence is not None:
-            self.fence.check(self.fs)
+        self.hold()
         write_atomic(self.fs, f"{self.path}/{name}", data)
 
     def check(self, resume: bool) -> None:

@@ -31,20 +31,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import SMALL_UNET, png_bytes, write_bad_inputs
+from fault_helpers import DEADLINE_S, PREDICTOR_TITLE, assert_exactly_once, predictors, process_table
 from test_orphans import ray_processes, wait_until_gone
 
 from raysegment.infer.pipeline import InferenceConfig, run_inference
-from raysegment.io.sources import list_inputs
 from raysegment.output.lease import LEASE_FOLDER, lease_holder
-from raysegment.output.root import MANIFEST, SUCCESS, OutputRoot, read_output
+from raysegment.output.root import MANIFEST, SUCCESS, OutputRoot
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds Ray's processes in /proc")
 
 ROOT = Path(__file__).resolve().parents[2]
-#: The process title of a predictor actor once its ``__init__`` has run (during it: ``ray::_MapWorker.__init__``).
-PREDICTOR_TITLE = "ray::MapWorker(MapBatches(Predictor))"
 UNET_ARGS = ("--model", "unet", "--param", "depth=2", "--param", "base_channels=4")
-DEADLINE_S = 240.0  # a generous bound for any one wait on a loaded 2-core machine; reaching it fails the test
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -55,41 +52,6 @@ def _pngs(folder: Path, count: int, size: int = 64) -> Path:
     for i in range(count):
         (folder / f"img{i:03d}.png").write_bytes(png_bytes(rng.integers(0, 255, (size, size), dtype=np.uint8)))
     return folder
-
-
-def _process_table() -> dict[int, tuple[int, str]]:
-    """Every live process: pid -> (parent pid, first word of its command line, i.e. a Ray process title)."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                title = f.read().split(b"\0")[0].decode(errors="replace").strip()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        if fields and fields[0] not in "ZX":
-            table[int(entry)] = (int(fields[1]), title)
-    return table
-
-
-def predictors(ancestor: int) -> dict[int, int]:
-    """Predictor actor processes descending from ``ancestor``: pid -> parent pid (its node's raylet)."""
-    table = _process_table()
-
-    def descends(pid: int) -> bool:
-        seen = set()
-        while pid > 1 and pid not in seen:
-            seen.add(pid)
-            pid = table.get(pid, (0, ""))[0]
-            if pid == ancestor:
-                return True
-        return False
-
-    return {pid: parent for pid, (parent, title) in table.items() if title.startswith(PREDICTOR_TITLE) and descends(pid)}
 
 
 def _parts(out: Path) -> int:
@@ -123,21 +85,6 @@ def _until(what: str, ready: Callable[[], bool], timeout: float = DEADLINE_S, al
         if time.monotonic() > deadline:
             pytest.fail(f"{what} did not happen within {timeout:.0f} s")
         time.sleep(0.05)
-
-
-def assert_exactly_once(folder: Path, out: Path) -> list[dict]:
-    """One row per listed entry, by uri and by index, all of the output's run id; returns the rows."""
-    uris = list_inputs(str(folder))
-    rows = read_output(str(out), columns=["index", "uri", "status", "error", "run_id"]).to_pylist()
-    indices = [r["index"] for r in rows]
-    assert len(rows) == len(uris), f"{len(rows)} rows for {len(uris)} items"
-    assert indices == list(range(len(uris))), "an index is missing or doubled"
-    assert [r["uri"] for r in rows] == uris, "a uri is missing, doubled or under another index"
-    run_id = json.loads((out / MANIFEST).read_text())["run_id"]
-    assert {r["run_id"] for r in rows} == {run_id}, "a committed row belongs to another run"
-    assert (out / SUCCESS).exists()
-    assert OutputRoot(str(out)).status_counts(run_id)[3] == 0
-    return rows
 
 
 def _env(ray_tmp: str) -> dict[str, str]:
@@ -350,7 +297,7 @@ def test_a_removed_node_with_a_predictor_neither_hangs_nor_loses_or_doubles_a_ro
     reserves no CPU for its actors and finishes."""
     folder, out, count, stall = _pngs(tmp_path / "in", 24), tmp_path / "out", 24, 30
     script = tmp_path / "cluster.py"
-    helpers = f"PREDICTOR_TITLE = {PREDICTOR_TITLE!r}\n" + inspect.getsource(_process_table) + inspect.getsource(predictors)
+    helpers = f"PREDICTOR_TITLE = {PREDICTOR_TITLE!r}\n" + inspect.getsource(process_table) + inspect.getsource(predictors)
     script.write_text(CLUSTER_SCRIPT.replace("{helpers}", helpers))
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAYSEGMENT_DEBUG")}
     path = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)  # this tree, on every node too

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from conftest import png_bytes
 
@@ -241,3 +242,27 @@ def test_a_step_the_store_keeps_failing_is_named_in_one_line(
     proxy.clear_rules()
     run_inference(_config(s3_bucket, proxy, resume=True))
     _exactly_once(s3_bucket, inputs)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_resume_redoes_only_the_items_whose_read_outlasted_the_retries(
+        faulty_s3, s3_bucket: str, inputs: list[str], caplog: pytest.LogCaptureFixture) -> None:
+    """Every try of one item's read answered 503: the run finishes with that item an error row
+    worth retrying; `--resume` reopens its shard, keeps the shard's other row and redoes that item
+    alone (a resume used to count committed shards as done, so only --overwrite retried it)."""
+    proxy = faulty_s3()
+    proxy.add_rule("GET", "/images/img-03.png", "unavailable", times=TRIES)  # every try of that read
+    first = run_inference(_config(s3_bucket, proxy, tries=TRIES))
+    assert (first.ok, first.failed) == (ITEMS - 1, 1) and proxy.rules_left() == []
+    (error,) = _transient_error_rows(read_output(f"s3://{s3_bucket}/masks"))
+    assert inputs[3] in error and "HTTP 503" in error, error
+    kept = read_output(f"s3://{s3_bucket}/masks").filter(pc.not_equal(pc.field("index"), 3))
+    caplog.set_level("WARNING", logger="raysegment")
+    again = run_inference(_config(s3_bucket, proxy, resume=True))
+    assert "redoing 1 item(s) whose storage read failed in an earlier attempt" in caplog.text
+    assert (again.rows_written, again.ok, again.failed) == (1, ITEMS, 0)
+    table = _exactly_once(s3_bucket, inputs)
+    assert table.filter(pc.not_equal(pc.field("index"), 3)).select(["index", "segments"]).equals(
+        kept.select(["index", "segments"]))  # the other items' rows are the first run's, not redone
+    again_again = run_inference(_config(s3_bucket, proxy, resume=True))  # nothing left to retry
+    assert again_again.rows_written == 0

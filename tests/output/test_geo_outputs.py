@@ -334,3 +334,29 @@ def test_missing_library_names_the_extra(tmp_path: Path, monkeypatch: pytest.Mon
     if missing == "rasterio":
         with pytest.raises(RuntimeError, match=r"raysegment\[geo\]"):
             MaskRasterWriter(str(tmp_path / "m.tif"), (8, 8), None)
+
+
+def test_side_files_of_a_run_that_lost_the_output_are_never_put_in_place(tmp_path: Path) -> None:
+    """A stalled run whose lease another run took over: its COG and GeoParquet are refused at
+    the upload (the scene becomes an error row, see scene_merger), and the new holder's go in."""
+    import fsspec
+
+    from raysegment.output.lease import LeaseLost, acquire_lease
+
+    local, folder = fsspec.filesystem("file"), str(tmp_path / "_lease")
+    old = acquire_lease(local, folder, run_id="old", shown="output X", ttl=60, clock=lambda: 1000.0)
+    labels = label_map((48, 48))
+    stale = [MaskRasterWriter(str(tmp_path / "_masks" / "s.tif"), (48, 48), None, fence=old.fence()),
+             PolygonWriter(str(tmp_path / "_polygons" / "s.parquet"), None, ["a", "b"], fence=old.fence())]
+    stale[0].write(0, 0, labels)
+    stale[1].add(0, 0, labels)
+    new = acquire_lease(local, folder, run_id="new", shown="output X", ttl=60, clock=lambda: 2000.0)
+    for writer in stale:
+        with pytest.raises(LeaseLost, match="run old lost output X to run new"):
+            writer.close()
+    assert not (tmp_path / "_masks" / "s.tif").exists() and not (tmp_path / "_polygons" / "s.parquet").exists()
+    fresh = MaskRasterWriter(str(tmp_path / "_masks" / "s.tif"), (48, 48), None, fence=new.fence())
+    fresh.write(0, 0, labels)
+    fresh.close()
+    with rasterio.open(tmp_path / "_masks" / "s.tif") as ds:
+        assert np.array_equal(ds.read(1), labels)

@@ -48,3 +48,5 @@ def test_a_run_that_lost_its_folder_writes_nothing_more(tmp_path: Path) -> None:
     with pytest.raises(LeaseLost, match="to run usurper"):
         run.write("metrics.jsonl", b"{}\n{}\n")
     assert (tmp_path / "r" / "metrics.jsonl").read_bytes() == b"{}\n"
+    with pytest.raises(LeaseLost, match="to run usurper"):  # what rank 0 asks before each Ray Train checkpoint
+        run.hold()
