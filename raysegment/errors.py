@@ -53,15 +53,17 @@ _VERBS = (("List", "list"), ("Head", "read"), ("Get", "read"), ("Select", "read"
           ("Delete", "delete"), ("GET", "read"), ("HEAD", "read"), ("PUT", "write"), ("POST", "write"),
           ("PATCH", "write"), ("DELETE", "delete"))
 _TRANSIENT_HINT = "the store is unavailable or throttling: retry later"
+_DENIED_HINT = ("check the credentials (for S3 the environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+                "AWS_PROFILE) and the permissions on it")
+_RESUME_HINT = "rerun the same command with --resume to keep the work already done"
 
 
 def is_transient_message(message: str | None) -> bool:
     """Whether an error row's message is a storage failure that outlasted the retries (worth a
     ``--resume``), as :func:`describe_error` words one."""
     return bool(message) and _TRANSIENT_HINT in message
-_DENIED_HINT = ("check the credentials (for S3 the environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
-                "AWS_PROFILE) and the permissions on it")
-_RESUME_HINT = "rerun the same command with --resume to keep the work already done"
+
+
 #: raysegment's errors whose message is the whole story (no type name needed in a line).
 _OWN_ERRORS = ("StorageError", "ItemError", "InputSpecError", "InputError", "OutputError", "LeaseHeld", "LeaseLost",
                "IncompleteOutputError")

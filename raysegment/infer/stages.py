@@ -105,12 +105,11 @@ class Predictor:
                  stager: Any = None):
         import torch
 
-        self.stager = stager
-
         from raysegment.plugin.checkpoint import load_checkpoint, load_weights
 
         self.torch = torch
         self.spec = spec
+        self.stager = stager  # encode and stage each batch here (no CPU for an encode stage)
         self.options = options
         self.plugin = spec.plugin()
         if options.threads:
